@@ -1,1 +1,258 @@
+//! `krt-relay`: the KRT-Com voice relay.
+//!
+//! Desktop clients connect over WebSocket with a token issued by the bot,
+//! join numbered frequencies and exchange Opus frames. The relay forwards
+//! each frame to every other listener of its frequency, drops frames for
+//! listeners that cannot keep up, enforces one talker per frequency and logs
+//! transmissions to the database off the audio path.
+//!
+//! [`start`] runs a relay inside the current Tokio runtime and returns a
+//! [`Relay`] handle; the `krt-relay` binary and the integration tests both
+//! use it.
 
+pub mod auth;
+pub mod config;
+pub mod control;
+pub mod db;
+pub mod http;
+pub mod hub;
+pub mod limits;
+pub mod session;
+pub mod session_shared;
+pub mod txlog;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use krt_shared::keyfile::{self, KeyStatus};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+pub use config::{RelayArgs, RelayConfig};
+
+use crate::auth::Authenticator;
+use crate::hub::Hub;
+use crate::session_shared::CloseReason;
+use crate::txlog::{TxLog, TxLogWriter};
+
+/// Errors that stop the relay from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Key files could not be created or read.
+    #[error(transparent)]
+    Keys(#[from] keyfile::KeyFileError),
+    /// The database could not be opened or migrated.
+    #[error("failed to open database {url}: {source}")]
+    Database {
+        /// Database URL with any password removed.
+        url: String,
+        /// Underlying error.
+        source: sea_orm::DbErr,
+    },
+    /// The listen address could not be bound.
+    #[error("failed to listen on {addr}: {source}: choose another --listen address")]
+    Listen {
+        /// Requested address.
+        addr: SocketAddr,
+        /// Underlying error.
+        source: std::io::Error,
+    },
+    /// The control socket could not be created.
+    #[error(transparent)]
+    Control(#[from] control::ControlError),
+    /// The address file could not be written.
+    #[error("failed to write address file {path}: {source}")]
+    AddrFile {
+        /// File path.
+        path: std::path::PathBuf,
+        /// Underlying error.
+        source: std::io::Error,
+    },
+}
+
+/// Figures reported after a graceful shutdown.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ShutdownReport {
+    /// Transmission rows written since start.
+    pub rows_written: u64,
+    /// Transmission rows lost since start.
+    pub rows_lost: u64,
+}
+
+/// A running relay.
+pub struct Relay {
+    /// Address clients connect to.
+    pub local_addr: SocketAddr,
+    /// Shared state, for tests and reports.
+    pub hub: Arc<Hub>,
+    shutdown: watch::Sender<bool>,
+    done: mpsc::Receiver<()>,
+    tasks: Vec<JoinHandle<()>>,
+    txlog_writer: TxLogWriter,
+}
+
+/// Time sessions get to close before shutdown goes on without them.
+const SESSION_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Removes the password from a database URL for logs and errors.
+fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let credentials = &url[scheme_end + 3..at];
+            match credentials.find(':') {
+                Some(colon) => format!(
+                    "{}{}:***{}",
+                    &url[..scheme_end + 3],
+                    &credentials[..colon],
+                    &url[at..]
+                ),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// Starts a relay: keys, database, state, listeners and background tasks.
+pub async fn start(config: RelayConfig) -> Result<Relay, StartError> {
+    let config = Arc::new(config);
+    std::fs::create_dir_all(&config.data_dir).map_err(|source| {
+        StartError::Keys(keyfile::KeyFileError::Io {
+            path: config.data_dir.clone(),
+            source,
+        })
+    })?;
+
+    if keyfile::ensure_keys(&config.data_dir)? == KeyStatus::Created {
+        tracing::info!(
+            dir = %config.data_dir.display(),
+            private_key = %config.data_dir.join(keyfile::SIGNING_KEY_FILE).display(),
+            public_key = %config.data_dir.join(keyfile::PUBLIC_KEY_FILE).display(),
+            "generated a new signing key pair; the relay loads only the public key"
+        );
+    }
+    let verifier = keyfile::load_verifier(&config.data_dir)?;
+
+    let url = config.database_url();
+    let db = db::connect(&config)
+        .await
+        .map_err(|source| StartError::Database {
+            url: redact_url(&url),
+            source,
+        })?;
+    tracing::info!(url = %redact_url(&url), "database ready");
+
+    let (txlog, txlog_writer) = TxLog::spawn(db.clone(), config.txlog_queue, config.txlog_batch);
+    let auth = Authenticator::new(verifier, config.token_cache_capacity);
+    let hub = Arc::new(Hub::new(Arc::clone(&config), auth, txlog));
+    let loaded = db::load_state(&db, &hub)
+        .await
+        .map_err(|source| StartError::Database {
+            url: redact_url(&url),
+            source,
+        })?;
+    tracing::info!(
+        frequencies = loaded.frequencies,
+        revocations = loaded.revocations,
+        mutes = loaded.mutes,
+        skipped = loaded.skipped,
+        "state loaded from database"
+    );
+
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| StartError::Listen {
+            addr: config.listen,
+            source,
+        })?;
+    let local_addr = listener.local_addr().map_err(|source| StartError::Listen {
+        addr: config.listen,
+        source,
+    })?;
+    if !local_addr.ip().is_loopback() {
+        tracing::warn!(addr = %local_addr, "listening on a non-loopback address: TLS is expected to end at a reverse proxy in front of the relay");
+    }
+    let control_path = config.control_socket_path();
+    let control_listener = control::bind(&control_path)?;
+
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let (done_tx, done) = mpsc::channel(1);
+    let mut tasks = Vec::new();
+    tasks.push(tokio::spawn(http::serve(
+        listener,
+        Arc::clone(&hub),
+        shutdown_rx.clone(),
+        done_tx,
+    )));
+    tasks.push(tokio::spawn(control::serve(
+        control_listener,
+        Arc::clone(&hub),
+        shutdown_rx.clone(),
+    )));
+    tasks.push(tokio::spawn(listener_updates(
+        Arc::clone(&hub),
+        shutdown_rx.clone(),
+    )));
+
+    if let Some(path) = &config.addr_file {
+        std::fs::write(path, format!("{local_addr}\n")).map_err(|source| StartError::AddrFile {
+            path: path.clone(),
+            source,
+        })?;
+    }
+    tracing::info!(addr = %local_addr, control = %control_path.display(), "relay listening");
+    Ok(Relay {
+        local_addr,
+        hub,
+        shutdown,
+        done,
+        tasks,
+        txlog_writer,
+    })
+}
+
+async fn listener_updates(hub: Arc<Hub>, mut shutdown: watch::Receiver<bool>) {
+    let mut ticker = tokio::time::interval(hub.config.listener_update_interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = ticker.tick() => hub.flush_listener_updates(),
+        }
+    }
+}
+
+impl Relay {
+    /// Stops accepting, closes every session with a close frame, writes every
+    /// pending transmission row, then returns.
+    pub async fn shutdown(mut self) -> ShutdownReport {
+        tracing::info!(sessions = self.hub.session_count(), "shutting down");
+        let _ = self.shutdown.send(true);
+        self.hub.close_all(CloseReason::Shutdown);
+        for task in self.tasks.drain(..) {
+            let _ = task.await;
+        }
+        if tokio::time::timeout(SESSION_CLOSE_TIMEOUT, self.done.recv())
+            .await
+            .is_err()
+        {
+            tracing::warn!("sessions did not close in time; continuing shutdown");
+        }
+
+        self.txlog_writer.finish().await;
+        let stats = self.hub.txlog.stats();
+        let report = ShutdownReport {
+            rows_written: stats.written.load(Ordering::Relaxed),
+            rows_lost: stats.lost.load(Ordering::Relaxed),
+        };
+        tracing::info!(
+            rows_written = report.rows_written,
+            rows_lost = report.rows_lost,
+            "relay stopped"
+        );
+        report
+    }
+}

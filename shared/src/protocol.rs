@@ -399,6 +399,35 @@ impl ServerMessage {
     }
 }
 
+/// WebSocket close codes the relay sends. Codes from 4000 up are private to
+/// KRT-Com; the others are the standard ones of RFC 6455.
+pub mod close_code {
+    /// The client closed the connection, or nothing more to say.
+    pub const NORMAL: u16 = 1000;
+    /// The relay is shutting down; reconnect in a moment.
+    pub const GOING_AWAY: u16 = 1001;
+    /// A text message was not valid UTF-8.
+    pub const INVALID_PAYLOAD: u16 = 1007;
+    /// A message was larger than the relay accepts.
+    pub const MESSAGE_TOO_BIG: u16 = 1009;
+    /// The relay failed internally.
+    pub const INTERNAL_ERROR: u16 = 1011;
+    /// Nothing was received for the idle timeout (30 s by default).
+    pub const IDLE_TIMEOUT: u16 = 4000;
+    /// The token was rejected.
+    pub const AUTH_FAILED: u16 = 4001;
+    /// No `auth` message arrived within the auth timeout (5 s by default).
+    pub const AUTH_TIMEOUT: u16 = 4002;
+    /// A newer session of the same user replaced this one.
+    pub const REPLACED: u16 = 4003;
+    /// A moderator kicked or banned the user, or revoked the token.
+    pub const REVOKED: u16 = 4004;
+    /// The client read too slowly to receive control messages.
+    pub const TOO_SLOW: u16 = 4005;
+    /// The WebSocket protocol was violated.
+    pub const PROTOCOL_ERROR: u16 = 1002;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

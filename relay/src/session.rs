@@ -1,0 +1,643 @@
+//! One client connection: authentication, then the message loop.
+//!
+//! Each connection has two tasks. The session task reads from the socket and
+//! owns the session state (joined frequencies, grants, mutes, floors held).
+//! The writer task drains the session's bounded outbound queue, writing every
+//! message that is already waiting before one flush, so frames queued for
+//! the same listener leave in one system call.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::pin::pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
+use krt_shared::frame::FrameHeader;
+use krt_shared::protocol::{
+    AssignAction, ClientMessage, ProtocolError, ServerMessage, TxDeniedReason,
+};
+use krt_shared::token::{Claims, TokenError};
+use krt_shared::{FreqId, FreqSet};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::{Sleep, sleep_until};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
+use tracing::Instrument;
+
+use crate::hub::{Forward, Hub, wall_secs};
+use crate::session_shared::{CloseReason, Outbound, SessionCommand, SessionShared};
+
+/// The WebSocket type of an upgraded HTTP connection.
+pub type Socket = WebSocketStream<TokioIo<Upgraded>>;
+
+/// Longest pause between two error messages to one client; errors in
+/// between are counted and logged, not sent.
+const ERROR_MESSAGE_INTERVAL: Duration = Duration::from_secs(1);
+/// Messages the writer feeds before it flushes, bounding one write.
+const WRITE_BATCH: usize = 64;
+/// Time the writer gets to send the close frame before it is stopped.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+/// Commands queued per session.
+const COMMAND_QUEUE: usize = 64;
+
+/// Runs a connection until it closes.
+pub async fn run(hub: Arc<Hub>, socket: Socket, peer: SocketAddr, shutdown: watch::Receiver<bool>) {
+    let span = tracing::info_span!("session", %peer, session = tracing::field::Empty, user = tracing::field::Empty);
+    hub.counters.connections.fetch_add(1, Ordering::Relaxed);
+    run_inner(Arc::clone(&hub), socket, peer, shutdown)
+        .instrument(span)
+        .await;
+    hub.counters.connections.fetch_sub(1, Ordering::Relaxed);
+}
+
+async fn run_inner(
+    hub: Arc<Hub>,
+    socket: Socket,
+    peer: SocketAddr,
+    shutdown: watch::Receiver<bool>,
+) {
+    let (sink, mut stream) = socket.split();
+    let (queue, queue_rx) = mpsc::channel(hub.config.queue_capacity());
+    let (close_tx, close_rx) = oneshot::channel();
+    let mut writer = tokio::spawn(
+        write_loop(sink, queue_rx, close_rx, hub.config.coalesce_window)
+            .instrument(tracing::Span::current()),
+    );
+
+    let mut connection = Connection {
+        hub: Arc::clone(&hub),
+        queue,
+        peer,
+        shutdown,
+        last_error_sent: None,
+        errors_suppressed: 0,
+    };
+    let reason = match connection.authenticate(&mut stream).await {
+        Ok(claims) => {
+            let (commands_tx, commands) = mpsc::channel(COMMAND_QUEUE);
+            let shared = hub.register(&claims, peer, connection.queue.clone(), commands_tx);
+            let span = tracing::Span::current();
+            span.record("session", shared.id);
+            span.record("user", tracing::field::display(&shared.user));
+            tracing::info!(name = %shared.name, rank = shared.rank, "session started");
+            let mut session = Session::new(connection, shared, claims, commands);
+            let reason = session.run(&mut stream).await;
+            session.finish(&reason);
+            reason
+        }
+        Err(reason) => {
+            tracing::info!(reason = reason.label(), detail = %reason.text(), "connection closed before authentication");
+            reason
+        }
+    };
+
+    let frame = CloseFrame {
+        code: CloseCode::from(reason.code()),
+        reason: Utf8Bytes::from(reason.text()),
+    };
+    let _ = close_tx.send(frame);
+    if tokio::time::timeout(CLOSE_GRACE, &mut writer)
+        .await
+        .is_err()
+    {
+        writer.abort();
+    }
+}
+
+/// Writes queued messages until the queue closes or a close frame arrives.
+async fn write_loop(
+    mut sink: SplitSink<Socket, Message>,
+    mut queue: mpsc::Receiver<Outbound>,
+    mut close: oneshot::Receiver<CloseFrame>,
+    coalesce_window: Duration,
+) {
+    loop {
+        let first = tokio::select! {
+            biased;
+            frame = &mut close => {
+                if let Ok(frame) = frame {
+                    let _ = sink.send(Message::Close(Some(frame))).await;
+                }
+                return;
+            }
+            message = queue.recv() => match message {
+                Some(message) => message,
+                None => return,
+            },
+        };
+        if !coalesce_window.is_zero() {
+            tokio::time::sleep(coalesce_window).await;
+        }
+        if sink.feed(to_message(first)).await.is_err() {
+            return;
+        }
+        for _ in 1..WRITE_BATCH {
+            match queue.try_recv() {
+                Ok(message) => {
+                    if sink.feed(to_message(message)).await.is_err() {
+                        return;
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        if let Err(err) = sink.flush().await {
+            tracing::debug!(error = %err, "write failed; writer stops");
+            return;
+        }
+    }
+}
+
+fn to_message(outbound: Outbound) -> Message {
+    match outbound {
+        Outbound::Audio(frame) => Message::Binary(frame),
+        Outbound::Text(text) => Message::Text(text),
+    }
+}
+
+/// State of a connection before and after authentication.
+struct Connection {
+    hub: Arc<Hub>,
+    queue: mpsc::Sender<Outbound>,
+    peer: SocketAddr,
+    shutdown: watch::Receiver<bool>,
+    last_error_sent: Option<Instant>,
+    errors_suppressed: u64,
+}
+
+impl Connection {
+    fn send(&self, message: &ServerMessage) {
+        if self
+            .queue
+            .try_send(Outbound::Text(Utf8Bytes::from(message.to_json())))
+            .is_err()
+        {
+            tracing::debug!("outbound queue full; control message not sent");
+        }
+    }
+
+    /// Sends an `error` message, at most one per [`ERROR_MESSAGE_INTERVAL`].
+    fn send_error(&mut self, reason: String) {
+        let now = Instant::now();
+        let due = self
+            .last_error_sent
+            .is_none_or(|last| now.duration_since(last) >= ERROR_MESSAGE_INTERVAL);
+        if due {
+            self.last_error_sent = Some(now);
+            tracing::debug!(%reason, suppressed = self.errors_suppressed, "client message rejected");
+            self.send(&ServerMessage::Error { reason });
+        } else {
+            self.errors_suppressed += 1;
+        }
+    }
+
+    /// Waits for a valid `auth` message within the auth timeout.
+    async fn authenticate(
+        &mut self,
+        stream: &mut SplitStream<Socket>,
+    ) -> Result<Arc<Claims>, CloseReason> {
+        let deadline = tokio::time::Instant::now() + self.hub.config.auth_timeout;
+        loop {
+            let message = tokio::select! {
+                message = tokio::time::timeout_at(deadline, stream.next()) => match message {
+                    Ok(message) => message,
+                    Err(_elapsed) => return Err(CloseReason::AuthTimeout),
+                },
+                _ = self.shutdown.changed() => return Err(CloseReason::Shutdown),
+            };
+            let text = match read_result(message)? {
+                Message::Text(text) => text,
+                Message::Binary(_) => {
+                    self.send_error(
+                        "audio before authentication: send auth with your token first".into(),
+                    );
+                    continue;
+                }
+                Message::Close(_) => return Err(CloseReason::ClientClosed),
+                _ => continue,
+            };
+            match ClientMessage::parse(&text) {
+                Ok(ClientMessage::Auth { auth_token, .. }) => {
+                    let token = auth_token.unwrap_or_default();
+                    match self.hub.auth.authenticate(&token, wall_secs()) {
+                        Ok(claims) => {
+                            self.send(&ServerMessage::AuthOk {
+                                session_token: krt_shared::token::new_token_id(),
+                                display_name: claims.name.clone(),
+                                user_id: claims.sub.to_string(),
+                                expires_at: claims.exp,
+                            });
+                            return Ok(claims);
+                        }
+                        Err(err) => return Err(self.reject_auth(err)),
+                    }
+                }
+                Ok(ClientMessage::Ping) => self.send(&ServerMessage::Pong),
+                Ok(_) => {
+                    self.send_error("not authenticated: send auth with your token first".into())
+                }
+                Err(err) => self.send_error(err.to_string()),
+            }
+        }
+    }
+
+    fn reject_auth(&self, err: TokenError) -> CloseReason {
+        tracing::warn!(peer = %self.peer, reason = err.code(), "authentication rejected");
+        self.send(&ServerMessage::AuthError {
+            reason: err.to_string(),
+        });
+        CloseReason::AuthFailed(format!("authentication failed: {}", err.code()))
+    }
+}
+
+/// Turns a read result into a message or the reason to close.
+fn read_result(message: Option<Result<Message, WsError>>) -> Result<Message, CloseReason> {
+    match message {
+        None => Err(CloseReason::ClientClosed),
+        Some(Ok(message)) => Ok(message),
+        Some(Err(WsError::Capacity(err))) => Err(CloseReason::TooBig(format!(
+            "message too big ({err}): keep text under 4 KiB and audio frames under 1500 bytes"
+        ))),
+        Some(Err(WsError::Utf8(_))) => Err(CloseReason::InvalidPayload),
+        Some(Err(WsError::ConnectionClosed | WsError::AlreadyClosed)) => {
+            Err(CloseReason::ClientClosed)
+        }
+        Some(Err(WsError::Io(err))) => {
+            tracing::debug!(error = %err, "connection failed");
+            Err(CloseReason::ClientClosed)
+        }
+        Some(Err(err)) => Err(CloseReason::Protocol(format!("protocol error: {err}"))),
+    }
+}
+
+/// Per-frequency state of a joined frequency.
+struct Joined {
+    /// Listener-side mute: the session does not receive this frequency.
+    muted: bool,
+    /// Time of the last denied frame, to send `tx_denied` once per attempt.
+    last_denied: Option<Instant>,
+}
+
+/// An authenticated session.
+struct Session {
+    conn: Connection,
+    shared: Arc<SessionShared>,
+    claims: Arc<Claims>,
+    commands: mpsc::Receiver<SessionCommand>,
+    joined: HashMap<FreqId, Joined>,
+    grants: FreqSet,
+    tx_mutes: std::collections::HashSet<FreqId>,
+    /// Frequencies whose floor this session holds, with its last frame time.
+    holding: HashMap<FreqId, Instant>,
+    frames_in: u64,
+    last_seen: Instant,
+}
+
+impl Session {
+    fn new(
+        conn: Connection,
+        shared: Arc<SessionShared>,
+        claims: Arc<Claims>,
+        commands: mpsc::Receiver<SessionCommand>,
+    ) -> Self {
+        let grants = conn.hub.grants_of(&shared.user);
+        let tx_mutes = conn.hub.mutes_of(&shared.user);
+        Self {
+            conn,
+            shared,
+            claims,
+            commands,
+            joined: HashMap::new(),
+            grants,
+            tx_mutes,
+            holding: HashMap::new(),
+            frames_in: 0,
+            last_seen: Instant::now(),
+        }
+    }
+
+    fn hub(&self) -> &Hub {
+        &self.conn.hub
+    }
+
+    fn may_use(&self, freq: FreqId) -> bool {
+        self.claims.allows(freq) || self.grants.contains(freq)
+    }
+
+    async fn run(&mut self, stream: &mut SplitStream<Socket>) -> CloseReason {
+        let idle_timeout = self.hub().config.idle_timeout;
+        let floor_timeout = self.hub().config.floor_timeout;
+        let mut idle = pin!(sleep_until((self.last_seen + idle_timeout).into()));
+        let mut floor: std::pin::Pin<&mut Sleep> = pin!(sleep_until(
+            (Instant::now() + Duration::from_secs(3600)).into()
+        ));
+        let mut floor_armed = false;
+
+        loop {
+            tokio::select! {
+                biased;
+                command = self.commands.recv() => {
+                    let Some(command) = command else { return CloseReason::Shutdown };
+                    if let Some(reason) = self.apply_command(command) {
+                        return reason;
+                    }
+                }
+                _ = self.conn.shutdown.changed() => return CloseReason::Shutdown,
+                message = stream.next() => {
+                    let message = match read_result(message) {
+                        Ok(message) => message,
+                        Err(reason) => return reason,
+                    };
+                    self.last_seen = Instant::now();
+                    match message {
+                        Message::Binary(frame) => {
+                            if self.on_audio(frame) && !floor_armed {
+                                floor.as_mut().reset((self.last_seen + floor_timeout).into());
+                                floor_armed = true;
+                            }
+                        }
+                        Message::Text(text) => self.on_text(&text),
+                        Message::Close(_) => return CloseReason::ClientClosed,
+                        _ => {}
+                    }
+                }
+                _ = &mut floor, if floor_armed => {
+                    floor_armed = self.expire_floors(floor.as_mut(), floor_timeout);
+                }
+                _ = &mut idle => {
+                    let deadline = self.last_seen + idle_timeout;
+                    if Instant::now() >= deadline {
+                        return CloseReason::Idle;
+                    }
+                    idle.as_mut().reset(deadline.into());
+                }
+            }
+        }
+    }
+
+    /// Releases floors silent for the timeout; re-arms the timer for the
+    /// rest. Returns whether the timer is still needed.
+    fn expire_floors(&mut self, timer: std::pin::Pin<&mut Sleep>, timeout: Duration) -> bool {
+        let now = Instant::now();
+        let expired: Vec<FreqId> = self
+            .holding
+            .iter()
+            .filter(|(_, last)| now.duration_since(**last) >= timeout)
+            .map(|(freq, _)| *freq)
+            .collect();
+        for freq in expired {
+            self.holding.remove(&freq);
+            self.conn.hub.expire(freq, now);
+        }
+        match self.holding.values().min() {
+            Some(&oldest) => {
+                timer.reset((oldest + timeout).into());
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Handles an audio frame; returns true when this session holds a floor
+    /// that needs the silence timer.
+    fn on_audio(&mut self, frame: Bytes) -> bool {
+        self.frames_in += 1;
+        let header = match FrameHeader::parse(&frame, self.hub().config.max_frame_bytes) {
+            Ok(header) => header,
+            Err(err) => {
+                self.conn.send_error(err.to_string());
+                return false;
+            }
+        };
+        let freq = header.freq;
+        if !self.joined.contains_key(&freq) {
+            self.conn.send_error(format!(
+                "audio for frequency {freq}, which this session has not joined: send join first"
+            ));
+            return false;
+        }
+        if self.tx_mutes.contains(&freq) {
+            self.deny(freq, TxDeniedReason::Muted);
+            return false;
+        }
+        let now = Instant::now();
+        match self.conn.hub.forward(freq, &self.shared, &frame, now) {
+            Forward::Sent { floor, .. } => {
+                if let Some(joined) = self.joined.get_mut(&freq) {
+                    joined.last_denied = None;
+                }
+                if floor {
+                    self.holding.insert(freq, now);
+                }
+                floor
+            }
+            Forward::Denied(reason) => {
+                self.deny(freq, reason);
+                false
+            }
+        }
+    }
+
+    /// Sends `tx_denied` on the first denied frame of an attempt; an attempt
+    /// ends after a pause as long as the floor timeout.
+    fn deny(&mut self, freq: FreqId, reason: TxDeniedReason) {
+        let now = Instant::now();
+        let floor_timeout = self.hub().config.floor_timeout;
+        let Some(joined) = self.joined.get_mut(&freq) else {
+            return;
+        };
+        let new_attempt = joined
+            .last_denied
+            .is_none_or(|last| now.duration_since(last) >= floor_timeout);
+        joined.last_denied = Some(now);
+        if new_attempt {
+            self.conn.send(&ServerMessage::TxDenied {
+                freq_id: freq,
+                reason,
+            });
+        }
+    }
+
+    fn on_text(&mut self, text: &str) {
+        let message = match ClientMessage::parse(text) {
+            Ok(message) => message,
+            Err(err) => return self.reject(err),
+        };
+        match message {
+            ClientMessage::Auth { .. } => self
+                .conn
+                .send_error("already authenticated: open a new connection to log in again".into()),
+            ClientMessage::Join { freq } => self.join(freq),
+            ClientMessage::Leave { freq } => self.leave(freq),
+            ClientMessage::Mute { freq } => self.mute(freq, true),
+            ClientMessage::Unmute { freq } => self.mute(freq, false),
+            ClientMessage::TxStop { freq } => {
+                if self.holding.remove(&freq).is_some() {
+                    self.conn.hub.release(freq, self.shared.id);
+                }
+            }
+            ClientMessage::Ping => self.conn.send(&ServerMessage::Pong),
+        }
+    }
+
+    /// Answers an invalid message with the error type of its request.
+    fn reject(&mut self, err: ProtocolError) {
+        let reason = err.to_string();
+        match err.kind() {
+            Some("join") => self.conn.send(&ServerMessage::JoinError {
+                freq_id: err.sent_freq(),
+                reason,
+            }),
+            Some("leave") => self.conn.send(&ServerMessage::LeaveError {
+                freq_id: err.sent_freq(),
+                reason,
+            }),
+            Some("mute" | "unmute") => self.conn.send(&ServerMessage::MuteError { reason }),
+            _ => self.conn.send_error(reason),
+        }
+    }
+
+    fn join(&mut self, freq: FreqId) {
+        if !self.may_use(freq) {
+            tracing::debug!(%freq, "join rejected: not allowed");
+            return self.conn.send(&ServerMessage::JoinError {
+                freq_id: Some(i64::from(freq.get())),
+                reason: format!(
+                    "frequency {freq} is not allowed for your token: ask a moderator for access"
+                ),
+            });
+        }
+        match self.conn.hub.join(&self.shared, freq) {
+            Ok((listener_count, key)) => {
+                self.joined.entry(freq).or_insert(Joined {
+                    muted: false,
+                    last_denied: None,
+                });
+                self.mirror_joined();
+                self.conn.send(&ServerMessage::JoinOk {
+                    freq_id: freq,
+                    listener_count,
+                    freq_key: key.to_string(),
+                });
+            }
+            Err(rejection) => self.conn.send(&ServerMessage::JoinError {
+                freq_id: Some(i64::from(freq.get())),
+                reason: rejection.to_string(),
+            }),
+        }
+    }
+
+    fn leave(&mut self, freq: FreqId) {
+        if self.joined.remove(&freq).is_none() {
+            return self.conn.send(&ServerMessage::LeaveError {
+                freq_id: Some(i64::from(freq.get())),
+                reason: format!("frequency {freq} is not joined"),
+            });
+        }
+        self.holding.remove(&freq);
+        self.conn.hub.leave(self.shared.id, freq);
+        self.mirror_joined();
+        self.conn.send(&ServerMessage::LeaveOk { freq_id: freq });
+    }
+
+    fn mute(&mut self, freq: FreqId, muted: bool) {
+        let Some(joined) = self.joined.get_mut(&freq) else {
+            return self.conn.send(&ServerMessage::MuteError {
+                reason: format!("frequency {freq} is not joined: join it before muting"),
+            });
+        };
+        joined.muted = muted;
+        self.conn
+            .hub
+            .set_listener_muted(self.shared.id, freq, muted);
+        self.conn.send(&ServerMessage::MuteOk {
+            freq_id: freq,
+            muted,
+        });
+    }
+
+    fn mirror_joined(&self) {
+        let mut joined: Vec<FreqId> = self.joined.keys().copied().collect();
+        joined.sort();
+        *self.shared.joined.lock() = joined;
+    }
+
+    /// Applies a command; returns the close reason when the session must end.
+    fn apply_command(&mut self, command: SessionCommand) -> Option<CloseReason> {
+        match command {
+            SessionCommand::Close(reason) => return Some(reason),
+            SessionCommand::Grants(grants) => self.apply_grants(grants),
+            SessionCommand::TxMute { freq, muted } => {
+                if muted {
+                    self.tx_mutes.insert(freq);
+                    if self.holding.remove(&freq).is_some() {
+                        self.conn.hub.release(freq, self.shared.id);
+                    }
+                } else {
+                    self.tx_mutes.remove(&freq);
+                }
+            }
+            SessionCommand::ForceLeave { freq, reason } => {
+                if self.joined.remove(&freq).is_some() {
+                    self.holding.remove(&freq);
+                    self.conn.hub.leave(self.shared.id, freq);
+                    self.mirror_joined();
+                    self.conn.send(&ServerMessage::LeaveOk { freq_id: freq });
+                    self.conn.send(&ServerMessage::Error { reason });
+                }
+            }
+        }
+        None
+    }
+
+    /// Replaces the voice-channel grants: tells the client of each change
+    /// and leaves frequencies the session may no longer use.
+    fn apply_grants(&mut self, grants: FreqSet) {
+        let old = std::mem::replace(&mut self.grants, grants);
+        for freq in old.iter().filter(|f| !self.grants.contains(*f)) {
+            self.conn.send(&ServerMessage::FreqAssign {
+                freq_id: freq,
+                action: AssignAction::Revoke,
+            });
+            if !self.may_use(freq) && self.joined.remove(&freq).is_some() {
+                self.holding.remove(&freq);
+                self.conn.hub.leave(self.shared.id, freq);
+                self.conn.send(&ServerMessage::LeaveOk { freq_id: freq });
+            }
+        }
+        let added: Vec<FreqId> = self.grants.iter().filter(|f| !old.contains(*f)).collect();
+        for freq in added {
+            self.conn.send(&ServerMessage::FreqAssign {
+                freq_id: freq,
+                action: AssignAction::Grant,
+            });
+        }
+        self.mirror_joined();
+    }
+
+    /// Leaves every frequency, unregisters and logs the session's end.
+    fn finish(&mut self, reason: &CloseReason) {
+        for freq in self.joined.keys() {
+            self.conn.hub.leave(self.shared.id, *freq);
+        }
+        self.joined.clear();
+        self.conn.hub.unregister(&self.shared);
+        tracing::info!(
+            reason = reason.label(),
+            detail = %reason.text(),
+            frames_in = self.frames_in,
+            frames_out = self.shared.frames_out.load(Ordering::Relaxed),
+            drops = self.shared.drops.load(Ordering::Relaxed),
+            secs = self.shared.connected.elapsed().as_secs(),
+            "session ended"
+        );
+    }
+}
