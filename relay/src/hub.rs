@@ -443,12 +443,11 @@ impl Hub {
         let min_rank = settings.min_rank;
         let full_duplex_now = state.settings.half_duplex && !settings.half_duplex;
         state.settings = settings;
-        if full_duplex_now {
-            if let Some(transmission) = state.talker.as_ref().map(|t| t.session.id) {
-                if let Some(t) = state.floor.release(transmission) {
-                    self.finish_transmission(&mut state, freq, t);
-                }
-            }
+        let talker = state.talker.as_ref().map(|t| t.session.id);
+        if let (true, Some(talker)) = (full_duplex_now, talker)
+            && let Some(t) = state.floor.release(talker)
+        {
+            self.finish_transmission(&mut state, freq, t);
         }
         for listener in &state.listeners {
             if listener.session.rank < min_rank {

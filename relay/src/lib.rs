@@ -162,12 +162,10 @@ pub async fn start(config: RelayConfig) -> Result<Relay, StartError> {
         "state loaded from database"
     );
 
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| StartError::Listen {
-            addr: config.listen,
-            source,
-        })?;
+    let listener = bind_listener(config.listen).map_err(|source| StartError::Listen {
+        addr: config.listen,
+        source,
+    })?;
     let local_addr = listener.local_addr().map_err(|source| StartError::Listen {
         addr: config.listen,
         source,
@@ -180,22 +178,20 @@ pub async fn start(config: RelayConfig) -> Result<Relay, StartError> {
 
     let (shutdown, shutdown_rx) = watch::channel(false);
     let (done_tx, done) = mpsc::channel(1);
-    let mut tasks = Vec::new();
-    tasks.push(tokio::spawn(http::serve(
-        listener,
-        Arc::clone(&hub),
-        shutdown_rx.clone(),
-        done_tx,
-    )));
-    tasks.push(tokio::spawn(control::serve(
-        control_listener,
-        Arc::clone(&hub),
-        shutdown_rx.clone(),
-    )));
-    tasks.push(tokio::spawn(listener_updates(
-        Arc::clone(&hub),
-        shutdown_rx.clone(),
-    )));
+    let tasks = vec![
+        tokio::spawn(http::serve(
+            listener,
+            Arc::clone(&hub),
+            shutdown_rx.clone(),
+            done_tx,
+        )),
+        tokio::spawn(control::serve(
+            control_listener,
+            Arc::clone(&hub),
+            shutdown_rx.clone(),
+        )),
+        tokio::spawn(listener_updates(Arc::clone(&hub), shutdown_rx.clone())),
+    ];
 
     if let Some(path) = &config.addr_file {
         std::fs::write(path, format!("{local_addr}\n")).map_err(|source| StartError::AddrFile {
@@ -212,6 +208,22 @@ pub async fn start(config: RelayConfig) -> Result<Relay, StartError> {
         tasks,
         txlog_writer,
     })
+}
+
+/// Pending connections the kernel queues before `accept`, so that hundreds
+/// of clients reconnecting at once are not refused. The kernel caps it at
+/// `net.core.somaxconn`.
+const LISTEN_BACKLOG: u32 = 4096;
+
+fn bind_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 async fn listener_updates(hub: Arc<Hub>, mut shutdown: watch::Receiver<bool>) {
@@ -243,6 +255,10 @@ impl Relay {
         }
 
         self.txlog_writer.finish().await;
+        let socket = self.hub.config.control_socket_path();
+        if let Err(err) = std::fs::remove_file(&socket) {
+            tracing::debug!(path = %socket.display(), error = %err, "control socket not removed");
+        }
         let stats = self.hub.txlog.stats();
         let report = ShutdownReport {
             rows_written: stats.written.load(Ordering::Relaxed),

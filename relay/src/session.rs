@@ -38,9 +38,11 @@ use crate::session_shared::{CloseReason, Outbound, SessionCommand, SessionShared
 /// The WebSocket type of an upgraded HTTP connection.
 pub type Socket = WebSocketStream<TokioIo<Upgraded>>;
 
-/// Longest pause between two error messages to one client; errors in
-/// between are counted and logged, not sent.
-const ERROR_MESSAGE_INTERVAL: Duration = Duration::from_secs(1);
+/// Error messages a client may receive in a burst; further errors are
+/// counted, not sent, until the allowance refills.
+const ERROR_BURST: f64 = 16.0;
+/// Error messages the allowance regains per second.
+const ERROR_REFILL_PER_SEC: f64 = 2.0;
 /// Messages the writer feeds before it flushes, bounding one write.
 const WRITE_BATCH: usize = 64;
 /// Time the writer gets to send the close frame before it is stopped.
@@ -77,7 +79,7 @@ async fn run_inner(
         queue,
         peer,
         shutdown,
-        last_error_sent: None,
+        error_allowance: (ERROR_BURST, Instant::now()),
         errors_suppressed: 0,
     };
     let reason = match connection.authenticate(&mut stream).await {
@@ -123,6 +125,13 @@ async fn write_loop(
         let first = tokio::select! {
             biased;
             frame = &mut close => {
+                // Messages queued before the close (such as `auth_error`)
+                // go out first.
+                while let Ok(message) = queue.try_recv() {
+                    if sink.feed(to_message(message)).await.is_err() {
+                        return;
+                    }
+                }
                 if let Ok(frame) = frame {
                     let _ = sink.send(Message::Close(Some(frame))).await;
                 }
@@ -169,7 +178,8 @@ struct Connection {
     queue: mpsc::Sender<Outbound>,
     peer: SocketAddr,
     shutdown: watch::Receiver<bool>,
-    last_error_sent: Option<Instant>,
+    /// Token bucket of error messages: allowance and time of last refill.
+    error_allowance: (f64, Instant),
     errors_suppressed: u64,
 }
 
@@ -184,14 +194,17 @@ impl Connection {
         }
     }
 
-    /// Sends an `error` message, at most one per [`ERROR_MESSAGE_INTERVAL`].
+    /// Sends an `error` message unless the client has used up its allowance
+    /// of error messages; a flood of bad input gets a few answers, not one
+    /// per message.
     fn send_error(&mut self, reason: String) {
         let now = Instant::now();
-        let due = self
-            .last_error_sent
-            .is_none_or(|last| now.duration_since(last) >= ERROR_MESSAGE_INTERVAL);
-        if due {
-            self.last_error_sent = Some(now);
+        let (allowance, last) = &mut self.error_allowance;
+        let refill = now.duration_since(*last).as_secs_f64() * ERROR_REFILL_PER_SEC;
+        *allowance = (*allowance + refill).min(ERROR_BURST);
+        *last = now;
+        if *allowance >= 1.0 {
+            *allowance -= 1.0;
             tracing::debug!(%reason, suppressed = self.errors_suppressed, "client message rejected");
             self.send(&ServerMessage::Error { reason });
         } else {
@@ -359,7 +372,8 @@ impl Session {
                     self.last_seen = Instant::now();
                     match message {
                         Message::Binary(frame) => {
-                            if self.on_audio(frame) && !floor_armed {
+                            let holds_floor = self.on_audio(frame);
+                            if holds_floor && !floor_armed {
                                 floor.as_mut().reset((self.last_seen + floor_timeout).into());
                                 floor_armed = true;
                             }

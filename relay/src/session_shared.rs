@@ -220,6 +220,11 @@ impl SessionShared {
         }
     }
 
+    /// Messages waiting in the outbound queue.
+    pub fn queue_len(&self) -> usize {
+        self.queue.max_capacity() - self.queue.capacity()
+    }
+
     /// Queues a control message. A listener whose queue is full even for
     /// control messages is closed as too slow, since dropping a control
     /// message would leave the client with a wrong view.
@@ -232,14 +237,12 @@ impl SessionShared {
 
     /// Sends a command to the session task without waiting.
     pub fn command(&self, command: SessionCommand) {
-        if let Err(err) = self.commands.try_send(command) {
-            if let mpsc::error::TrySendError::Full(command) = err {
-                tracing::warn!(
-                    session = self.id,
-                    ?command,
-                    "session command queue full; command dropped"
-                );
-            }
+        if let Err(mpsc::error::TrySendError::Full(command)) = self.commands.try_send(command) {
+            tracing::warn!(
+                session = self.id,
+                ?command,
+                "session command queue full; command dropped"
+            );
         }
     }
 }
