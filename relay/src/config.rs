@@ -1,7 +1,7 @@
 //! Relay settings from defaults, a TOML file, `KRT_` environment variables
 //! and the command line, in rising order of precedence.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -67,6 +67,23 @@ pub struct RelayConfig {
     pub txlog_batch: usize,
     /// Tokio worker threads; default one per CPU core.
     pub worker_threads: Option<usize>,
+    /// Reverse proxies whose `X-Forwarded-For` header names the client.
+    /// Connections from other addresses are judged by their own address.
+    pub trusted_proxies: Vec<IpAddr>,
+    /// Client addresses exempt from the per-address limits below; default
+    /// loopback, so that local load tests and tools are not throttled.
+    pub exempt_addresses: Vec<IpAddr>,
+    /// Open connections allowed per client address.
+    pub max_connections_per_ip: u32,
+    /// New connections allowed per client address and second; bursts of
+    /// twice this many pass.
+    pub connect_rate_per_ip: u32,
+    /// Failed logins allowed per client address and minute before the
+    /// address is refused for a minute.
+    pub failed_auth_per_minute: u32,
+    /// Age after which transmission rows and voice states are deleted.
+    #[serde(with = "duration_text")]
+    pub retention: Duration,
 }
 
 impl Default for RelayConfig {
@@ -92,6 +109,15 @@ impl Default for RelayConfig {
             txlog_queue: 10_000,
             txlog_batch: 500,
             worker_threads: None,
+            trusted_proxies: Vec::new(),
+            exempt_addresses: vec![
+                IpAddr::V4(Ipv4Addr::LOCALHOST),
+                IpAddr::V6(Ipv6Addr::LOCALHOST),
+            ],
+            max_connections_per_ip: 20,
+            connect_rate_per_ip: 10,
+            failed_auth_per_minute: 10,
+            retention: Duration::from_secs(7 * 24 * 3600),
         }
     }
 }
@@ -202,6 +228,12 @@ impl RelayConfig {
             )?;
         }
         check(
+            "retention",
+            format!("{}s", self.retention.as_secs()),
+            self.retention >= Duration::from_secs(3600),
+            "use at least 1h",
+        )?;
+        check(
             "coalesce_window",
             ms(self.coalesce_window),
             self.coalesce_window <= Duration::from_millis(20),
@@ -219,6 +251,13 @@ impl RelayConfig {
             self.txlog_queue >= 1,
             "use at least 1 row",
         )?;
+        for (name, value) in [
+            ("max_connections_per_ip", self.max_connections_per_ip),
+            ("connect_rate_per_ip", self.connect_rate_per_ip),
+            ("failed_auth_per_minute", self.failed_auth_per_minute),
+        ] {
+            check(name, value, value >= 1, "use at least 1")?;
+        }
         check(
             "worker_threads",
             format!("{:?}", self.worker_threads),

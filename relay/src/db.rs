@@ -1,6 +1,6 @@
 //! Database connection and the state the relay loads at start.
 
-use krt_migrations::entities::{frequencies, mutes, revocations};
+use krt_migrations::entities::{frequencies, mutes, revocations, transmissions, voice_states};
 use krt_migrations::{Migrator, MigratorTrait};
 use krt_shared::control::FreqConfig;
 use krt_shared::{FreqId, UserId};
@@ -101,4 +101,47 @@ pub async fn load_state(db: &DatabaseConnection, hub: &Hub) -> Result<LoadedStat
     loaded.mutes = muted.len();
     hub.replace_mutes(muted);
     Ok(loaded)
+}
+
+/// Rows deleted by [`purge_older_than`].
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Purged {
+    /// Transmission rows.
+    pub transmissions: u64,
+    /// Voice-state rows.
+    pub voice_states: u64,
+    /// Revocations whose tokens have all expired.
+    pub revocations: u64,
+}
+
+impl Purged {
+    /// Rows deleted in all tables.
+    pub fn total(&self) -> u64 {
+        self.transmissions + self.voice_states + self.revocations
+    }
+}
+
+/// Deletes transmissions and voice states older than `cutoff_ms` (Unix
+/// milliseconds), and revocations that no longer cover an unexpired token.
+pub async fn purge_older_than(db: &DatabaseConnection, cutoff_ms: i64) -> Result<Purged, DbErr> {
+    let transmissions = transmissions::Entity::delete_many()
+        .filter(transmissions::Column::EndedAtMs.lt(cutoff_ms))
+        .exec(db)
+        .await?
+        .rows_affected;
+    let voice_states = voice_states::Entity::delete_many()
+        .filter(voice_states::Column::UpdatedAtMs.lt(cutoff_ms))
+        .exec(db)
+        .await?
+        .rows_affected;
+    let revocations = revocations::Entity::delete_many()
+        .filter(revocations::Column::ExpiresAtMs.lt(wall_ms()))
+        .exec(db)
+        .await?
+        .rows_affected;
+    Ok(Purged {
+        transmissions,
+        voice_states,
+        revocations,
+    })
 }

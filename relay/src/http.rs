@@ -179,6 +179,15 @@ async fn voice(
         return bad_upgrade("missing Sec-WebSocket-Key");
     };
     let accept = derive_accept_key(key.as_bytes());
+    let client = state.hub.guard.client_ip(peer, headers);
+    let permit = match state.hub.guard.admit(client) {
+        Ok(permit) => permit,
+        Err(refusal) => {
+            tracing::warn!(%peer, %client, reason = %refusal, "connection refused");
+            let body = Json(json!({ "error": refusal.to_string() }));
+            return (StatusCode::TOO_MANY_REQUESTS, body).into_response();
+        }
+    };
     let Some(on_upgrade) = request
         .extensions_mut()
         .remove::<hyper::upgrade::OnUpgrade>()
@@ -199,7 +208,8 @@ async fn voice(
                     Some(config),
                 )
                 .await;
-                session::run(hub, socket, peer, shutdown).await;
+                session::run(hub, socket, peer, client, shutdown).await;
+                drop(permit);
             }
             Err(err) => tracing::debug!(%peer, error = %err, "WebSocket upgrade failed"),
         }

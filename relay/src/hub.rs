@@ -25,6 +25,7 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::auth::Authenticator;
 use crate::config::RelayConfig;
+use crate::guard::PeerGuard;
 use crate::session_shared::{CloseReason, Outbound, SessionCommand, SessionId, SessionShared};
 use crate::txlog::{TxLog, TxRecord};
 
@@ -125,6 +126,8 @@ pub struct Hub {
     pub txlog: TxLog,
     /// Relay-wide counters.
     pub counters: Counters,
+    /// Per-address connection and login limits.
+    pub guard: Arc<PeerGuard>,
     freqs: Box<[Mutex<FreqState>]>,
     sessions: DashMap<SessionId, Arc<SessionShared>>,
     user_sessions: DashMap<UserId, VecDeque<SessionId>>,
@@ -180,6 +183,7 @@ impl Hub {
             })
             .collect();
         Self {
+            guard: Arc::new(PeerGuard::new(&config)),
             config,
             auth,
             txlog,

@@ -14,6 +14,7 @@ pub mod auth;
 pub mod config;
 pub mod control;
 pub mod db;
+pub mod guard;
 pub mod http;
 pub mod hub;
 pub mod limits;
@@ -191,6 +192,11 @@ pub async fn start(config: RelayConfig) -> Result<Relay, StartError> {
             shutdown_rx.clone(),
         )),
         tokio::spawn(listener_updates(Arc::clone(&hub), shutdown_rx.clone())),
+        tokio::spawn(maintenance(
+            Arc::clone(&hub),
+            db.clone(),
+            shutdown_rx.clone(),
+        )),
     ];
 
     if let Some(path) = &config.addr_file {
@@ -233,6 +239,38 @@ async fn listener_updates(hub: Arc<Hub>, mut shutdown: watch::Receiver<bool>) {
         tokio::select! {
             _ = shutdown.changed() => return,
             _ = ticker.tick() => hub.flush_listener_updates(),
+        }
+    }
+}
+
+/// Interval of the housekeeping task.
+const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Forgets idle per-address limiter entries and purges rows older than the
+/// retention period.
+async fn maintenance(
+    hub: Arc<Hub>,
+    db: sea_orm::DatabaseConnection,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut ticker = tokio::time::interval(MAINTENANCE_INTERVAL);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = ticker.tick() => {}
+        }
+        hub.guard.cleanup();
+        let cutoff = hub::wall_ms() - hub.config.retention.as_millis() as i64;
+        match db::purge_older_than(&db, cutoff).await {
+            Ok(purged) if purged.total() > 0 => tracing::info!(
+                transmissions = purged.transmissions,
+                voice_states = purged.voice_states,
+                revocations = purged.revocations,
+                "purged rows past the retention period"
+            ),
+            Ok(_) => {}
+            Err(err) => tracing::warn!(error = %err, "purging old rows failed; will retry"),
         }
     }
 }

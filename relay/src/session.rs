@@ -7,7 +7,7 @@
 //! the same listener leave in one system call.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -51,10 +51,22 @@ const CLOSE_GRACE: Duration = Duration::from_secs(1);
 const COMMAND_QUEUE: usize = 64;
 
 /// Runs a connection until it closes.
-pub async fn run(hub: Arc<Hub>, socket: Socket, peer: SocketAddr, shutdown: watch::Receiver<bool>) {
-    let span = tracing::info_span!("session", %peer, session = tracing::field::Empty, user = tracing::field::Empty);
+pub async fn run(
+    hub: Arc<Hub>,
+    socket: Socket,
+    peer: SocketAddr,
+    client: IpAddr,
+    shutdown: watch::Receiver<bool>,
+) {
+    let span = tracing::info_span!(
+        "session",
+        %peer,
+        %client,
+        session = tracing::field::Empty,
+        user = tracing::field::Empty
+    );
     hub.counters.connections.fetch_add(1, Ordering::Relaxed);
-    run_inner(Arc::clone(&hub), socket, peer, shutdown)
+    run_inner(Arc::clone(&hub), socket, peer, client, shutdown)
         .instrument(span)
         .await;
     hub.counters.connections.fetch_sub(1, Ordering::Relaxed);
@@ -64,6 +76,7 @@ async fn run_inner(
     hub: Arc<Hub>,
     socket: Socket,
     peer: SocketAddr,
+    client: IpAddr,
     shutdown: watch::Receiver<bool>,
 ) {
     let (sink, mut stream) = socket.split();
@@ -78,6 +91,7 @@ async fn run_inner(
         hub: Arc::clone(&hub),
         queue,
         peer,
+        client,
         shutdown,
         error_allowance: (ERROR_BURST, Instant::now()),
         errors_suppressed: 0,
@@ -177,6 +191,7 @@ struct Connection {
     hub: Arc<Hub>,
     queue: mpsc::Sender<Outbound>,
     peer: SocketAddr,
+    client: IpAddr,
     shutdown: watch::Receiver<bool>,
     /// Token bucket of error messages: allowance and time of last refill.
     error_allowance: (f64, Instant),
@@ -263,7 +278,8 @@ impl Connection {
     }
 
     fn reject_auth(&self, err: TokenError) -> CloseReason {
-        tracing::warn!(peer = %self.peer, reason = err.code(), "authentication rejected");
+        let blocked = self.hub.guard.record_failed_auth(self.client);
+        tracing::warn!(peer = %self.peer, reason = err.code(), blocked, "authentication rejected");
         self.send(&ServerMessage::AuthError {
             reason: err.to_string(),
         });
