@@ -149,7 +149,7 @@ impl RelayConfig {
         self.data_dir.join("krt.db")
     }
 
-    /// The database URL in effect.
+    /// Returns the database URL in effect.
     pub fn database_url(&self) -> String {
         match &self.database_url {
             Some(url) => url.clone(),
@@ -157,7 +157,7 @@ impl RelayConfig {
         }
     }
 
-    /// The control socket path in effect.
+    /// Returns the control socket path in effect.
     pub fn control_socket_path(&self) -> PathBuf {
         self.control_socket
             .clone()

@@ -2,8 +2,8 @@
 //!
 //! The socket lives in the data directory with mode 0660, so only the relay's
 //! user and group can connect. Each line is one
-//! [`ControlRequest`](krt_shared::control::ControlRequest), answered by one
-//! [`ControlResponse`] line. A request that fails to parse changes nothing.
+//! [`ControlRequest`](krt_shared::control::ControlRequest), and the relay
+//! replies with one [`ControlResponse`] line. A request that fails to parse changes nothing.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -95,7 +95,7 @@ async fn serve_client(
             return Ok(());
         }
         let response = if line.len() > MAX_CONTROL_LINE {
-            // Skip the rest of the oversized line before answering.
+            // Skip the rest of the oversized line before replying.
             if line.last() != Some(&b'\n') {
                 let mut rest = Vec::new();
                 reader.read_until(b'\n', &mut rest).await?;

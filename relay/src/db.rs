@@ -26,7 +26,7 @@ pub async fn connect(config: &RelayConfig) -> Result<DatabaseConnection, DbErr> 
     Ok(db)
 }
 
-/// What [`load_state`] found.
+/// Row counts loaded by [`load_state`].
 #[derive(Debug, Default)]
 pub struct LoadedState {
     /// Configured frequencies.

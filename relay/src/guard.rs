@@ -20,10 +20,10 @@ use crate::config::RelayConfig;
 /// How long an address that failed too many logins is refused.
 pub const BLOCK_TIME: Duration = Duration::from_secs(60);
 
-/// Why a connection attempt was refused.
+/// Reason a connection attempt is rejected.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum Refusal {
-    /// The address already holds the maximum number of connections.
+pub enum Rejection {
+    /// The address already has the maximum number of connections.
     #[error("too many connections from {ip}: at most {max} are allowed")]
     TooManyConnections {
         /// Client address.
@@ -98,8 +98,8 @@ impl PeerGuard {
         }
     }
 
-    /// The client address: the peer itself, or the right-most address in
-    /// `X-Forwarded-For` that is not a trusted proxy when the peer is one.
+    /// Returns the client address: the peer itself, or, when the peer is a
+    /// trusted proxy, the right-most `X-Forwarded-For` address that is not one.
     pub fn client_ip(&self, peer: SocketAddr, headers: &HeaderMap) -> IpAddr {
         let peer_ip = peer.ip().to_canonical();
         if !self.trusted_proxies.contains(&peer_ip) {
@@ -125,8 +125,8 @@ impl PeerGuard {
         self.exempt.contains(ip)
     }
 
-    /// Admits a new connection from `ip` or says why not.
-    pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<ConnectionPermit, Refusal> {
+    /// Admits a new connection from `ip`, or returns the reason to reject it.
+    pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<ConnectionPermit, Rejection> {
         if self.is_exempt(&ip) {
             return Ok(ConnectionPermit {
                 guard: Arc::clone(self),
@@ -136,7 +136,7 @@ impl PeerGuard {
         if let Some(until) = self.blocked.get(&ip).map(|until| *until) {
             let now = Instant::now();
             if until > now {
-                return Err(Refusal::Blocked {
+                return Err(Rejection::Blocked {
                     ip,
                     secs: until.duration_since(now).as_secs().max(1),
                 });
@@ -144,11 +144,11 @@ impl PeerGuard {
             self.blocked.remove(&ip);
         }
         if self.connects.check_key(&ip).is_err() {
-            return Err(Refusal::RateLimited { ip });
+            return Err(Rejection::RateLimited { ip });
         }
         let mut count = self.connections.entry(ip).or_insert(0);
         if *count >= self.max_connections {
-            return Err(Refusal::TooManyConnections {
+            return Err(Rejection::TooManyConnections {
                 ip,
                 max: self.max_connections,
             });
@@ -225,7 +225,7 @@ mod tests {
         let _second = guard.admit(client).unwrap();
         assert!(matches!(
             guard.admit(client),
-            Err(Refusal::TooManyConnections { max: 2, .. })
+            Err(Rejection::TooManyConnections { max: 2, .. })
         ));
         assert!(
             guard.admit(ip("198.51.100.2")).is_ok(),
@@ -246,16 +246,16 @@ mod tests {
         });
         let client = ip("198.51.100.3");
         let mut permits = Vec::new();
-        let mut refused = 0;
+        let mut rejected = 0;
         for _ in 0..10 {
             match guard.admit(client) {
                 Ok(permit) => permits.push(permit),
-                Err(Refusal::RateLimited { .. }) => refused += 1,
-                Err(other) => panic!("unexpected refusal {other}"),
+                Err(Rejection::RateLimited { .. }) => rejected += 1,
+                Err(other) => panic!("unexpected rejection {other}"),
             }
         }
         assert_eq!(permits.len(), 4, "a burst of twice the rate passes");
-        assert_eq!(refused, 6);
+        assert_eq!(rejected, 6);
     }
 
     #[test]
@@ -264,7 +264,10 @@ mod tests {
         let client = ip("198.51.100.4");
         let blocked: Vec<bool> = (0..4).map(|_| guard.record_failed_auth(client)).collect();
         assert_eq!(blocked, [false, false, false, true]);
-        assert!(matches!(guard.admit(client), Err(Refusal::Blocked { .. })));
+        assert!(matches!(
+            guard.admit(client),
+            Err(Rejection::Blocked { .. })
+        ));
     }
 
     #[test]

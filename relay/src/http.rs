@@ -182,9 +182,9 @@ async fn voice(
     let client = state.hub.guard.client_ip(peer, headers);
     let permit = match state.hub.guard.admit(client) {
         Ok(permit) => permit,
-        Err(refusal) => {
-            tracing::warn!(%peer, %client, reason = %refusal, "connection refused");
-            let body = Json(json!({ "error": refusal.to_string() }));
+        Err(rejection) => {
+            tracing::warn!(%peer, %client, reason = %rejection, "connection rejected");
+            let body = Json(json!({ "error": rejection.to_string() }));
             return (StatusCode::TOO_MANY_REQUESTS, body).into_response();
         }
     };

@@ -1,8 +1,8 @@
 //! The registry of frequencies, sessions and users.
 //!
 //! Every frequency has its own slot in a table indexed by frequency number,
-//! each with its own mutex, so talkers on different frequencies never wait
-//! for each other. Sessions and users live in sharded maps. Every lookup is
+//! each with its own mutex, so talkers on different frequencies do not
+//! contend for a lock. Sessions and users live in sharded maps. Every lookup is
 //! O(1); nothing here scans all sessions except shutdown.
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -83,14 +83,14 @@ pub enum Forward {
     Sent {
         /// The sender took the floor with this frame.
         started: bool,
-        /// The frequency is half-duplex, so the sender now holds its floor.
+        /// The frequency is half-duplex, so the sender now has its floor.
         floor: bool,
     },
     /// Dropped.
     Denied(TxDeniedReason),
 }
 
-/// Why a join was rejected.
+/// Reason a join is rejected.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum JoinRejection {
     /// The user's rank is below the frequency's minimum.
@@ -212,7 +212,7 @@ impl Hub {
     // ---- sessions -------------------------------------------------------
 
     /// Registers an authenticated session. When the user now has more
-    /// sessions than allowed, the oldest one is told to close.
+    /// sessions than allowed, the oldest one is sent a close command.
     pub fn register(
         &self,
         claims: &Claims,
@@ -300,7 +300,7 @@ impl Hub {
         self.mutes.get(user).map(|m| m.clone()).unwrap_or_default()
     }
 
-    /// Replaces a user's voice-channel grants and tells their sessions.
+    /// Replaces a user's voice-channel grants and notifies their sessions.
     pub fn set_grants(&self, user: UserId, freqs: FreqSet) {
         if freqs.is_empty() {
             self.grants.remove(&user);
@@ -411,8 +411,8 @@ impl Hub {
         self.slot(freq).lock().settings.clone()
     }
 
-    /// Applies new settings. Listeners below a raised minimum rank are told
-    /// to leave.
+    /// Applies new settings. Listeners below a raised minimum rank are sent
+    /// a command to leave.
     pub fn configure(&self, config: &FreqConfig) {
         let settings = FreqSettings {
             name: Some(config.name.clone()),

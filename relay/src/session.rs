@@ -210,8 +210,8 @@ impl Connection {
     }
 
     /// Sends an `error` message unless the client has used up its allowance
-    /// of error messages; a flood of bad input gets a few answers, not one
-    /// per message.
+    /// of error messages, so a flood of bad input gets a few replies rather
+    /// than one per message.
     fn send_error(&mut self, reason: String) {
         let now = Instant::now();
         let (allowance, last) = &mut self.error_allowance;
@@ -436,8 +436,8 @@ impl Session {
         }
     }
 
-    /// Handles an audio frame; returns true when this session holds a floor
-    /// that needs the silence timer.
+    /// Handles an audio frame. Returns true when this session now has a
+    /// floor, which needs the silence timer.
     fn on_audio(&mut self, frame: Bytes) -> bool {
         self.frames_in += 1;
         let header = match FrameHeader::parse(&frame, self.hub().config.max_frame_bytes) {
@@ -518,7 +518,7 @@ impl Session {
         }
     }
 
-    /// Answers an invalid message with the error type of its request.
+    /// Replies to an invalid message with the error type of its request.
     fn reject(&mut self, err: ProtocolError) {
         let reason = err.to_string();
         match err.kind() {
@@ -628,7 +628,7 @@ impl Session {
         None
     }
 
-    /// Replaces the voice-channel grants: tells the client of each change
+    /// Replaces the voice-channel grants, notifies the client of each change
     /// and leaves frequencies the session may no longer use.
     fn apply_grants(&mut self, grants: FreqSet) {
         let old = std::mem::replace(&mut self.grants, grants);

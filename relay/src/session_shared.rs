@@ -26,7 +26,7 @@ pub enum Outbound {
     Text(Utf8Bytes),
 }
 
-/// Why a session ends; each reason maps to a WebSocket close code.
+/// Reason a session ends; each maps to a WebSocket close code.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CloseReason {
     /// The client sent a close frame or the connection ended.
@@ -54,7 +54,7 @@ pub enum CloseReason {
 }
 
 impl CloseReason {
-    /// The close code sent to the client.
+    /// Returns the close code sent to the client.
     pub fn code(&self) -> u16 {
         match self {
             CloseReason::ClientClosed => close_code::NORMAL,
@@ -71,7 +71,7 @@ impl CloseReason {
         }
     }
 
-    /// The close reason text, at most 123 bytes as RFC 6455 requires.
+    /// Returns the close reason text, at most 123 bytes as RFC 6455 requires.
     pub fn text(&self) -> String {
         let text = match self {
             CloseReason::ClientClosed => "closed".to_owned(),
@@ -120,7 +120,7 @@ fn truncate_utf8(mut text: String, max: usize) -> String {
     text
 }
 
-/// A change that another task asks a session to apply.
+/// A change that another task sends to a session task to apply.
 #[derive(Clone, Debug)]
 pub enum SessionCommand {
     /// End the session.
