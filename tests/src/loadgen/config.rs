@@ -119,7 +119,8 @@ pub struct Args {
     pub connect_timeout: Duration,
 
     /// Extra users that join like the others but never read their socket.
-    /// They are not counted as listeners.
+    /// Their receive buffer is set to 2 KiB, so unread frames back up on the
+    /// relay side. They are not counted as listeners.
     #[arg(long, default_value_t = 0)]
     pub slow_listeners: usize,
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use krt_shared::FreqId;
 use serde::Deserialize;
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{WebSocketStream, client_async_with_config};
@@ -162,15 +162,26 @@ async fn send_text(ws: &mut Socket, text: String, stage: &'static str) -> Result
 
 /// Opens a session: TCP and WebSocket, `auth`, then one `join` per
 /// frequency in `joins`, sent together, each of which must get `join_ok`.
+/// `recv_buffer` sets the socket's receive buffer in bytes before
+/// connecting; `None` keeps the kernel's autotuning.
 pub async fn connect_user(
     addr: SocketAddr,
     url: &str,
     token: &str,
     joins: &[FreqId],
+    recv_buffer: Option<u32>,
 ) -> Result<Socket, ConnectError> {
-    let tcp = TcpStream::connect(addr)
-        .await
-        .map_err(|error| ConnectError::Tcp { addr, error })?;
+    let tcp_error = |error| ConnectError::Tcp { addr, error };
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }
+    .map_err(tcp_error)?;
+    if let Some(size) = recv_buffer {
+        socket.set_recv_buffer_size(size).map_err(tcp_error)?;
+    }
+    let tcp = socket.connect(addr).await.map_err(tcp_error)?;
     // Frames are small and due at once; Nagle's algorithm would hold them.
     tcp.set_nodelay(true)
         .map_err(|error| ConnectError::Tcp { addr, error })?;

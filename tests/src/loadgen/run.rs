@@ -31,6 +31,11 @@ const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
 /// CPU share per runtime thread above which the load generator itself may
 /// delay frames, percent.
 const LOADGEN_BUSY_PERCENT: f64 = 80.0;
+/// Receive buffer of slow listeners, bytes. Linux doubles the value, so
+/// about 4 KiB of frames fill it. From then on, every frame the slow
+/// listener does not read waits on the relay side, first in the relay's
+/// socket send buffer (autotuned by the kernel), then in its queue.
+const SLOW_LISTENER_RECV_BUFFER: u32 = 2048;
 /// Time between spawning the session tasks and the first frame.
 const START_DELAY: Duration = Duration::from_millis(100);
 
@@ -178,12 +183,13 @@ async fn connect_with_retry(
     url: &str,
     token: &str,
     joins: &[FreqId],
+    recv_buffer: Option<u32>,
 ) -> Result<Socket, ConnectError> {
     let mut attempt = 1;
     loop {
         let result = match tokio::time::timeout(
             ATTEMPT_TIMEOUT,
-            connect_user(addr, url, token, joins),
+            connect_user(addr, url, token, joins, recv_buffer),
         )
         .await
         {
@@ -216,6 +222,7 @@ async fn connect_all(
     let mut set = JoinSet::new();
     for user in 0..total {
         let joins: Vec<FreqId> = plan.joins_of(user).map(|f| config.freqs[f]).collect();
+        let recv_buffer = plan.is_slow(user).then_some(SLOW_LISTENER_RECV_BUFFER);
         let tokens = Arc::clone(tokens);
         let semaphore = Arc::clone(&semaphore);
         let url = Arc::clone(&url);
@@ -224,7 +231,7 @@ async fn connect_all(
                 .acquire_owned()
                 .await
                 .expect("the connect semaphore is never closed");
-            let result = connect_with_retry(addr, &url, &tokens[user], &joins).await;
+            let result = connect_with_retry(addr, &url, &tokens[user], &joins, recv_buffer).await;
             (user, result)
         });
     }

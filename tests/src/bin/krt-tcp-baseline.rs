@@ -1,0 +1,376 @@
+//! Bare loopback TCP baseline for the relay benchmarks.
+//!
+//! One writer thread writes a fixed-size message to every socket of a
+//! talker's group, paced like audio (each talker 50 messages a second), and
+//! one reader thread drains every socket. The writer's CPU time per write is
+//! the floor that the kernel sets for one write of one frame: on loopback,
+//! the receive path and the wake-up of the reader are charged to the writer.
+//!
+//! Run it in the same session as a relay scenario, with the same numbers:
+//!
+//! ```text
+//! krt-tcp-baseline --sockets 600 --talkers 6 --fanout 99 --duration 10s
+//! ```
+//!
+//! `krt-tcp-baseline --help` lists every option.
+
+use std::io::{self, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+
+/// Time between two messages of one talker (one 20 ms audio frame).
+const FRAME_INTERVAL: Duration = Duration::from_millis(20);
+/// Readiness events the reader takes from epoll per call.
+const EPOLL_BATCH: usize = 256;
+
+/// Command-line options.
+#[derive(Debug, Parser)]
+#[command(
+    name = "krt-tcp-baseline",
+    version,
+    about = "Bare loopback TCP baseline: CPU per write of one small message, paced like audio",
+    after_help = "Socket s belongs to talker s mod TALKERS. Each talker tick writes one \
+                  message to FANOUT sockets of its group, one write each, so the writer \
+                  makes TALKERS x 50 x FANOUT writes a second, like a relay forwarding \
+                  TALKERS talkers to FANOUT listeners each. Pin it like the relay, for \
+                  example --writer-cpu 0 --reader-cpu 1."
+)]
+struct Args {
+    /// Reader sockets (connections) to open
+    #[arg(long, default_value_t = 600)]
+    sockets: usize,
+    /// Talkers; each sends 50 messages a second to its group
+    #[arg(long, default_value_t = 6)]
+    talkers: usize,
+    /// Sockets written per talker message [default: sockets / talkers - 1,
+    /// the listeners of a frequency other than the talker]
+    #[arg(long)]
+    fanout: Option<usize>,
+    /// Message size in bytes; 90 is an 80-byte payload with the 8-byte frame
+    /// header and the 2-byte WebSocket header
+    #[arg(long, default_value_t = 90)]
+    message_bytes: usize,
+    /// Length of the measurement window, for example 10s
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Writing before the measurement window, not counted
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    warmup: Duration,
+    /// CPU the writer thread is pinned to; none leaves it unpinned
+    #[arg(long)]
+    writer_cpu: Option<usize>,
+    /// CPU the reader thread is pinned to; none leaves it unpinned
+    #[arg(long)]
+    reader_cpu: Option<usize>,
+    /// Print one JSON object on one line instead of the table
+    #[arg(long)]
+    json: bool,
+}
+
+/// Figures of one run.
+#[derive(Debug, serde::Serialize)]
+struct Report {
+    sockets: usize,
+    talkers: usize,
+    fanout: usize,
+    message_bytes: usize,
+    window_secs: f64,
+    writes: u64,
+    writes_per_sec: f64,
+    writer_cpu_secs: f64,
+    writer_user_secs: f64,
+    writer_sys_secs: f64,
+    cpu_us_per_write: f64,
+    reader_cpu_secs: f64,
+    bytes_read: u64,
+    late_ticks: u64,
+}
+
+fn pin_to_cpu(cpu: usize) -> io::Result<()> {
+    // SAFETY: the set is zeroed and only CPU_SET writes to it; pid 0 is the
+    // calling thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// User and system CPU seconds of the calling thread.
+fn thread_cpu() -> (f64, f64) {
+    // SAFETY: getrusage fills the zeroed struct it is given.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_THREAD, &mut usage);
+        usage
+    };
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    (secs(usage.ru_utime), secs(usage.ru_stime))
+}
+
+/// Opens `count` loopback connections and returns (writer side, reader side).
+fn connect_pairs(count: usize) -> io::Result<(Vec<TcpStream>, Vec<TcpStream>)> {
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    let mut writers = Vec::with_capacity(count);
+    let mut readers = Vec::with_capacity(count);
+    for _ in 0..count {
+        let reader = TcpStream::connect(addr)?;
+        let (writer, _) = listener.accept()?;
+        // The relay sets TCP_NODELAY on every accepted connection.
+        writer.set_nodelay(true)?;
+        reader.set_nonblocking(true)?;
+        writers.push(writer);
+        readers.push(reader);
+    }
+    Ok((writers, readers))
+}
+
+/// Drains every reader socket until `stop`, with one epoll set. Returns the
+/// bytes read and the thread's CPU seconds.
+fn read_all(
+    readers: Vec<TcpStream>,
+    cpu: Option<usize>,
+    stop: Arc<AtomicBool>,
+    bytes: Arc<AtomicU64>,
+) -> io::Result<f64> {
+    use std::os::fd::AsRawFd;
+
+    if let Some(cpu) = cpu {
+        pin_to_cpu(cpu)?;
+    }
+    // SAFETY: epoll_create1 has no memory arguments.
+    let epoll = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+    if epoll < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    for (index, reader) in readers.iter().enumerate() {
+        let mut event = libc::epoll_event {
+            events: libc::EPOLLIN as u32,
+            u64: index as u64,
+        };
+        // SAFETY: both descriptors are open and the event outlives the call.
+        if unsafe { libc::epoll_ctl(epoll, libc::EPOLL_CTL_ADD, reader.as_raw_fd(), &mut event) }
+            != 0
+        {
+            return Err(io::Error::last_os_error());
+        }
+    }
+
+    let start = thread_cpu();
+    let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; EPOLL_BATCH];
+    let mut buffer = [0u8; 4096];
+    let mut readers = readers;
+    while !stop.load(Ordering::Relaxed) {
+        // SAFETY: the buffer holds EPOLL_BATCH events.
+        let ready =
+            unsafe { libc::epoll_wait(epoll, events.as_mut_ptr(), EPOLL_BATCH as i32, 100) };
+        if ready < 0 {
+            let error = io::Error::last_os_error();
+            if error.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(error);
+        }
+        for event in &events[..ready as usize] {
+            let reader = &mut readers[event.u64 as usize];
+            loop {
+                match reader.read(&mut buffer) {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        bytes.fetch_add(n as u64, Ordering::Relaxed);
+                    }
+                    Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(error) => return Err(error),
+                }
+            }
+        }
+    }
+    let end = thread_cpu();
+    // SAFETY: the descriptor is ours and closed once.
+    unsafe { libc::close(epoll) };
+    Ok((end.0 + end.1) - (start.0 + start.1))
+}
+
+/// Groups of sockets per talker: socket s belongs to talker s mod talkers,
+/// and a talker writes to the first `fanout` sockets of its group.
+fn talker_groups(sockets: usize, talkers: usize, fanout: usize) -> Vec<Vec<usize>> {
+    (0..talkers)
+        .map(|talker| {
+            (talker..sockets)
+                .step_by(talkers)
+                .take(fanout)
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+fn run(args: &Args) -> Result<Report, String> {
+    if args.sockets == 0 || args.talkers == 0 || args.talkers > args.sockets {
+        return Err(format!(
+            "invalid --sockets {} / --talkers {}: use at least one talker and no more talkers than sockets",
+            args.sockets, args.talkers
+        ));
+    }
+    let per_group = args.sockets / args.talkers;
+    let fanout = args.fanout.unwrap_or(per_group.saturating_sub(1)).max(1);
+    if fanout > per_group {
+        return Err(format!(
+            "invalid --fanout {fanout}: a talker's group has only {per_group} sockets"
+        ));
+    }
+    if args.message_bytes == 0 || args.message_bytes > 65_536 {
+        return Err(format!(
+            "invalid --message-bytes {}: use 1 to 65536",
+            args.message_bytes
+        ));
+    }
+
+    let (mut writers, readers) = connect_pairs(args.sockets)
+        .map_err(|e| format!("failed to open {} loopback connections: {e}", args.sockets))?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let bytes = Arc::new(AtomicU64::new(0));
+    let reader = {
+        let (stop, bytes, cpu) = (Arc::clone(&stop), Arc::clone(&bytes), args.reader_cpu);
+        thread::spawn(move || read_all(readers, cpu, stop, bytes))
+    };
+    if let Some(cpu) = args.writer_cpu {
+        pin_to_cpu(cpu).map_err(|e| format!("failed to pin the writer to CPU {cpu}: {e}"))?;
+    }
+
+    // The talkers' ticks are spread evenly over one frame interval, like the
+    // load generator's talkers.
+    let groups = talker_groups(args.sockets, args.talkers, fanout);
+    let message = vec![0x5au8; args.message_bytes];
+    let tick = FRAME_INTERVAL / args.talkers as u32;
+    let begin = Instant::now();
+    let window_start = begin + args.warmup;
+    let window_end = window_start + args.duration;
+    let mut next = begin;
+    let mut talker = 0;
+    let (mut writes, mut late_ticks) = (0u64, 0u64);
+    let mut cpu_start = None;
+    loop {
+        let now = Instant::now();
+        if now < next {
+            thread::sleep(next - now);
+        } else if now > next + tick {
+            late_ticks += 1;
+        }
+        if cpu_start.is_none() && next >= window_start {
+            cpu_start = Some((thread_cpu(), Instant::now()));
+        }
+        if next >= window_end {
+            break;
+        }
+        for &socket in &groups[talker] {
+            writers[socket]
+                .write_all(&message)
+                .map_err(|e| format!("write to socket {socket} failed: {e}"))?;
+            if cpu_start.is_some() {
+                writes += 1;
+            }
+        }
+        talker = (talker + 1) % args.talkers;
+        next += tick;
+    }
+    let cpu_end = thread_cpu();
+    let ((user_start, sys_start), started) = cpu_start.expect("the window starts before it ends");
+    let window_secs = started.elapsed().as_secs_f64();
+
+    // Let the reader catch up before it stops.
+    thread::sleep(Duration::from_millis(200));
+    stop.store(true, Ordering::Relaxed);
+    let reader_cpu_secs = reader
+        .join()
+        .map_err(|_| "the reader thread panicked".to_owned())?
+        .map_err(|e| format!("reading failed: {e}"))?;
+
+    let user = cpu_end.0 - user_start;
+    let sys = cpu_end.1 - sys_start;
+    Ok(Report {
+        sockets: args.sockets,
+        talkers: args.talkers,
+        fanout,
+        message_bytes: args.message_bytes,
+        window_secs,
+        writes,
+        writes_per_sec: writes as f64 / window_secs,
+        writer_cpu_secs: user + sys,
+        writer_user_secs: user,
+        writer_sys_secs: sys,
+        cpu_us_per_write: if writes > 0 {
+            (user + sys) * 1e6 / writes as f64
+        } else {
+            0.0
+        },
+        reader_cpu_secs,
+        bytes_read: bytes.load(Ordering::Relaxed),
+        late_ticks,
+    })
+}
+
+fn print_table(report: &Report) {
+    println!(
+        "layout               {} sockets, {} talkers, {} writes per message, {} B each",
+        report.sockets, report.talkers, report.fanout, report.message_bytes
+    );
+    println!(
+        "window               {:.2} s, {} writes ({:.0} per s), {} late ticks",
+        report.window_secs, report.writes, report.writes_per_sec, report.late_ticks
+    );
+    println!(
+        "writer CPU           {:.3} s (user {:.3}, sys {:.3}), {:.2} us per write",
+        report.writer_cpu_secs,
+        report.writer_user_secs,
+        report.writer_sys_secs,
+        report.cpu_us_per_write
+    );
+    println!(
+        "reader               {:.3} s CPU, {} bytes read in all",
+        report.reader_cpu_secs, report.bytes_read
+    );
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(&args) {
+        Ok(report) => {
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::to_string(&report).expect("the report serializes to JSON")
+                );
+            } else {
+                print_table(&report);
+            }
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("krt-tcp-baseline: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn groups_follow_talker_layout() {
+        let groups = talker_groups(600, 6, 99);
+        assert_eq!(groups.len(), 6);
+        assert!(groups.iter().all(|group| group.len() == 99));
+        assert_eq!(groups[1][..3], [1, 7, 13]);
+    }
+}
