@@ -54,6 +54,12 @@ pub struct RelayConfig {
     /// a few hundred microseconds trade latency for fewer system calls.
     #[serde(with = "duration_text")]
     pub coalesce_window: Duration,
+    /// Kernel send buffer of each client socket in bytes (Linux doubles the
+    /// value for its own bookkeeping). About a second of audio for a
+    /// listener of several frequencies; a client that stops reading then
+    /// fills the relay's queue, where frames are dropped and counted. Zero
+    /// keeps the kernel's autotuning.
+    pub send_buffer_bytes: usize,
     /// Largest text message in bytes; larger ones close the session with 1009.
     pub max_text_bytes: usize,
     /// Largest audio frame in bytes, header included.
@@ -103,6 +109,7 @@ impl Default for RelayConfig {
             listener_update_interval: Duration::from_secs(1),
             queue_depth: 32,
             coalesce_window: Duration::ZERO,
+            send_buffer_bytes: 32 * 1024,
             max_text_bytes: 4096,
             max_frame_bytes: krt_shared::frame::DEFAULT_MAX_FRAME_LEN,
             token_cache_capacity: 100_000,

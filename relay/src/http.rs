@@ -76,6 +76,9 @@ pub async fn serve(
         if let Err(err) = tcp.set_nodelay(true) {
             tracing::debug!(%peer, error = %err, "failed to set TCP_NODELAY");
         }
+        if let Err(err) = set_send_buffer(&tcp, hub.config.send_buffer_bytes) {
+            tracing::debug!(%peer, error = %err, "failed to set SO_SNDBUF");
+        }
         let router = router.clone();
         let handshake_timeout = hub.config.handshake_timeout;
         tokio::spawn(async move {
@@ -97,6 +100,35 @@ pub async fn serve(
                 tracing::debug!(%peer, error = %err, "HTTP connection ended with an error");
             }
         });
+    }
+}
+
+/// Caps the kernel send buffer of a client socket. Without a cap, Linux
+/// grows it up to `net.ipv4.tcp_wmem` (4 MiB by default) for a client that
+/// stops reading, so its frames would wait there, late, instead of being
+/// dropped and counted by the relay's own queue. Zero keeps the kernel's
+/// autotuning.
+fn set_send_buffer(tcp: &tokio::net::TcpStream, bytes: usize) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    if bytes == 0 {
+        return Ok(());
+    }
+    let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    // SAFETY: the descriptor belongs to `tcp`, which outlives the call, and
+    // the option value is a c_int as SO_SNDBUF requires.
+    let result = unsafe {
+        libc::setsockopt(
+            tcp.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if result == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
     }
 }
 
@@ -132,6 +164,8 @@ async fn server_status(State(state): State<AppState>) -> Json<serde_json::Value>
         "framesIn": stats.frames_in,
         "framesOut": stats.frames_out,
         "framesDropped": stats.frames_dropped,
+        "signatureChecks": state.hub.auth.signature_checks(),
+        "tokenCacheHits": state.hub.auth.cache_hits(),
     }))
 }
 
