@@ -104,7 +104,9 @@ impl Claims {
         if now >= self.exp {
             return Err(TokenError::Expired { exp: self.exp });
         }
-        if self.iat > now + CLOCK_SKEW_SECS {
+        // Plain addition overflows for `now` near `u64::MAX`: it panics in
+        // debug builds and wraps to a false `NotYetValid` in release builds.
+        if self.iat > now.saturating_add(CLOCK_SKEW_SECS) {
             return Err(TokenError::NotYetValid { iat: self.iat });
         }
         Ok(())
