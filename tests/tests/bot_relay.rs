@@ -7,9 +7,9 @@ mod bot_support;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use bot_support::relay::{Received, RelayProcess, VoiceClient};
 use bot_support::*;
 use krt_tests::fake_discord::CommandOption;
+use krt_tests::relay_process::{Received, RelayProcess, VoiceClient};
 use serde_json::json;
 
 /// A fake Discord, a bot and a relay on one data dir.

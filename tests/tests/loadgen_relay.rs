@@ -1,60 +1,21 @@
 //! Runs the load generator in-process against a real `krt-relay` process on
 //! an ephemeral loopback port.
 //!
-//! The relay executable is `KRT_RELAY_BIN` when that is set. Otherwise the
-//! harness runs `cargo build -p krt-relay --bin krt-relay` in this test's
-//! profile and target directory (a no-op when the binary is up to date) and
-//! uses the path cargo reports, so the relay under test is never stale.
+//! [`RelayProcess`] finds or builds the relay executable.
 
-use std::fs::File;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::Parser;
 use krt_tests::loadgen::{self, Args, Config, Report};
+use krt_tests::relay_process::RelayProcess;
 
 const CLIP: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/data/radio-check.wav");
-const RELAY_START_TIMEOUT: Duration = Duration::from_secs(30);
 const RUN_TIMEOUT: Duration = Duration::from_secs(60);
-
-fn build_relay() -> PathBuf {
-    if let Some(path) = std::env::var_os("KRT_RELAY_BIN") {
-        return PathBuf::from(path);
-    }
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("the tests crate sits inside the workspace");
-    let mut command = Command::new(cargo);
-    command
-        .current_dir(workspace)
-        .args(["build", "-p", "krt-relay", "--bin", "krt-relay"])
-        .arg("--message-format=json-render-diagnostics")
-        .stderr(Stdio::inherit());
-    if !cfg!(debug_assertions) {
-        command.arg("--release");
-    }
-    let output = command.output().expect("cargo runs");
-    assert!(output.status.success(), "building krt-relay failed");
-    String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
-        .filter(|message| message["reason"] == "compiler-artifact")
-        .filter(|message| message["target"]["name"] == "krt-relay")
-        .find_map(|message| message["executable"].as_str().map(PathBuf::from))
-        .expect("cargo reports the krt-relay executable")
-}
-
-fn relay_binary() -> &'static Path {
-    static BINARY: OnceLock<PathBuf> = OnceLock::new();
-    BINARY.get_or_init(build_relay)
-}
 
 /// A relay process with its own data directory; stopped with SIGTERM on drop.
 struct Relay {
-    child: Child,
+    process: RelayProcess,
     url: String,
     dir: tempfile::TempDir,
 }
@@ -62,43 +23,9 @@ struct Relay {
 impl Relay {
     fn start() -> Relay {
         let dir = tempfile::tempdir().expect("temporary directory");
-        let addr_file = dir.path().join("addr");
-        let log = File::create(dir.path().join("relay.log")).expect("log file");
-        let child = Command::new(relay_binary())
-            .arg("--listen")
-            .arg("127.0.0.1:0")
-            .arg("--data-dir")
-            .arg(dir.path().join("data"))
-            .arg("--addr-file")
-            .arg(&addr_file)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("krt-relay starts");
-        let mut relay = Relay {
-            child,
-            url: String::new(),
-            dir,
-        };
-        let started = Instant::now();
-        loop {
-            if let Ok(addr) = std::fs::read_to_string(&addr_file)
-                && !addr.trim().is_empty()
-            {
-                relay.url = format!("ws://{}/voice", addr.trim());
-                return relay;
-            }
-            if let Ok(Some(status)) = relay.child.try_wait() {
-                panic!("krt-relay exited with {status}: {}", relay.log());
-            }
-            assert!(
-                started.elapsed() < RELAY_START_TIMEOUT,
-                "krt-relay wrote no address within {RELAY_START_TIMEOUT:?}: {}",
-                relay.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let process = RelayProcess::start(&dir.path().join("data"), dir.path());
+        let url = process.url.clone();
+        Relay { process, url, dir }
     }
 
     fn data_dir(&self) -> PathBuf {
@@ -106,29 +33,11 @@ impl Relay {
     }
 
     fn pid(&self) -> u32 {
-        self.child.id()
+        self.process.pid()
     }
 
     fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("relay.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for Relay {
-    fn drop(&mut self) {
-        // SAFETY: kill only sends a signal to the child this struct started.
-        unsafe {
-            libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
-        }
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.process.log()
     }
 }
 

@@ -2,16 +2,12 @@
 //! tokens, every logged transmission is in the database, and frequency
 //! settings come back from the database.
 
-#[allow(dead_code)]
-#[path = "bot_support/relay.rs"]
-mod relay_process;
-
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use krt_migrations::entities::{frequencies, transmissions};
 use krt_shared::token::{Claims, new_token_id};
 use krt_shared::{FreqSet, keyfile};
-use relay_process::{Received, RelayProcess, VoiceClient};
+use krt_tests::relay_process::{Received, RelayProcess, VoiceClient};
 use sea_orm::{ActiveModelTrait, ActiveValue::Set, Database, EntityTrait, PaginatorTrait};
 use serde_json::json;
 

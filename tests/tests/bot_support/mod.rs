@@ -3,8 +3,6 @@
 
 #![allow(dead_code)]
 
-pub mod relay;
-
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 

@@ -1,5 +1,5 @@
-//! A real `krt-relay` process sharing the bot's data dir, and a minimal
-//! voice-protocol client.
+//! A real `krt-relay` process on an ephemeral loopback port, and a minimal
+//! voice-protocol client, for the cross-process tests.
 //!
 //! The relay executable is `KRT_RELAY_BIN` when set; otherwise cargo builds
 //! it for this profile and reports its path, so the relay is never stale.
@@ -100,6 +100,11 @@ impl RelayProcess {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Process id of the relay.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Everything the relay logged.
