@@ -133,6 +133,18 @@ pub enum StartError {
         /// Configured guild.
         guild: u64,
     },
+    /// The gateway lookup at `discord_api_base` failed. serenity would fall
+    /// back to Discord's public gateway, so the bot stops instead.
+    #[error(
+        "gateway lookup at {base} failed ({detail}): check discord_api_base; \
+         the bot does not fall back to Discord's own gateway"
+    )]
+    GatewayLookup {
+        /// Configured API base.
+        base: String,
+        /// Underlying error.
+        detail: String,
+    },
     /// Discord rejected the intents, usually because the members intent is off.
     #[error(
         "Discord rejected the gateway intents: enable the Server Members intent on the Bot page \
@@ -372,7 +384,20 @@ async fn build_client(
         })
         .build();
 
-    serenity::ClientBuilder::new_with_http(http.build(), intents())
+    let http = http.build();
+    if let Some(base) = &shared.config.discord_api_base {
+        // serenity 0.12 falls back to wss://gateway.discord.gg when this
+        // lookup fails, which would leave the configured endpoint; a failed
+        // lookup here stops the bot before serenity repeats it.
+        if let Err(error) = http.get_gateway().await {
+            return Err(StartError::GatewayLookup {
+                base: base.clone(),
+                detail: error.to_string(),
+            });
+        }
+    }
+
+    serenity::ClientBuilder::new_with_http(http, intents())
         .framework(framework)
         .await
         .map_err(classify_gateway_error)

@@ -185,9 +185,20 @@ async fn run_bot(args: &RunArgs) -> Result<(), CliError> {
         _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received; stopping"),
         _ = terminate.recv() => tracing::info!("SIGTERM received; stopping"),
     }
-    bot.shutdown().await?;
+    // serenity keeps re-queueing a shard that cannot connect, so a bot cut
+    // off from Discord might never finish a clean stop; give it a bound.
+    match tokio::time::timeout(SHUTDOWN_TIMEOUT, bot.shutdown()).await {
+        Ok(result) => result?,
+        Err(_) => tracing::warn!(
+            secs = SHUTDOWN_TIMEOUT.as_secs(),
+            "gateway did not stop in time; exiting anyway"
+        ),
+    }
     Ok(())
 }
+
+/// Time a signalled bot gets to stop its gateway and flush its state.
+const SHUTDOWN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Current time in Unix seconds.
 pub fn unix_now() -> u64 {

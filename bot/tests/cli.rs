@@ -157,3 +157,36 @@ fn usage_errors_exit_64() {
         );
     }
 }
+
+#[test]
+fn unreachable_api_base_stops_the_bot() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let started = std::time::Instant::now();
+    // Port 9 on loopback has no listener, so every request fails at once.
+    let output = krt_bot(
+        &[
+            "run",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--guild-id",
+            "123456789012345678",
+            "--relay-url",
+            "wss://radio.example.org/voice",
+            "--discord-api-base",
+            "http://127.0.0.1:9",
+        ],
+        &[(
+            "KRT_DISCORD_TOKEN",
+            "MTIzNDU2Nzg5MDEyMzQ1Njc4.GabcDE.abcdefghijklmnopqrstuvwxyz0123456789AB",
+        )],
+    );
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    let message = stderr(&output);
+    assert!(
+        message.contains("gateway lookup at http://127.0.0.1:9 failed"),
+        "{message}"
+    );
+    assert!(!message.contains("gateway.discord.gg"), "{message}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(30));
+}

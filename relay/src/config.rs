@@ -134,7 +134,7 @@ impl Default for RelayConfig {
 pub enum ConfigError {
     /// A value failed to parse or has the wrong type.
     #[error("invalid configuration: {0}")]
-    Parse(#[from] Box<figment::Error>),
+    Parse(String),
     /// A value is outside its range.
     #[error("invalid setting {name} = {value}: {expected}")]
     Range {
@@ -145,8 +145,8 @@ pub enum ConfigError {
         /// The accepted range.
         expected: &'static str,
     },
-    /// The config file named on the command line does not exist.
-    #[error("config file {0} not found: check the --config path")]
+    /// The config file named on the command line is not a readable file.
+    #[error("config file {0} not found or not a file: check the --config path")]
     MissingFile(PathBuf),
 }
 
@@ -230,8 +230,8 @@ impl RelayConfig {
             check(
                 name,
                 ms(value),
-                value >= Duration::from_millis(10),
-                "use at least 10ms",
+                (Duration::from_millis(10)..=Duration::from_secs(3600)).contains(&value),
+                "use 10ms to 1h",
             )?;
         }
         check(
@@ -267,7 +267,8 @@ impl RelayConfig {
         }
         check(
             "worker_threads",
-            format!("{:?}", self.worker_threads),
+            self.worker_threads
+                .map_or("none".to_owned(), |n| n.to_string()),
             self.worker_threads.is_none_or(|n| (1..=256).contains(&n)),
             "use 1 to 256",
         )?;
@@ -351,7 +352,7 @@ fn load_config(
 ) -> Result<RelayConfig, ConfigError> {
     let mut figment = Figment::from(Serialized::defaults(RelayConfig::default()));
     if let Some(path) = file {
-        if !path.exists() {
+        if !path.is_file() {
             return Err(ConfigError::MissingFile(path.to_owned()));
         }
         figment = figment.merge(Toml::file(path));
@@ -360,9 +361,24 @@ fn load_config(
         .merge(Env::prefixed("KRT_").ignore(&["config"]))
         .merge(overrides)
         .extract()
-        .map_err(Box::new)?;
+        .map_err(|err| ConfigError::Parse(describe(&err)))?;
     config.validate()?;
     Ok(config)
+}
+
+/// Names the setting and the problem, without figment's source locations.
+fn describe(err: &figment::Error) -> String {
+    let key: Vec<&str> = err
+        .path
+        .iter()
+        .map(String::as_str)
+        .filter(|part| *part != "default")
+        .collect();
+    if key.is_empty() {
+        err.kind.to_string()
+    } else {
+        format!("setting {}: {}", key.join("."), err.kind)
+    }
 }
 
 /// Serde helpers that read durations written like `300ms`, `5s` or `1m`.
@@ -422,7 +438,10 @@ mod tests {
             ..Default::default()
         };
         let err = load_config(None, Serialized::defaults(&args)).unwrap_err();
-        assert!(err.to_string().contains("soon"), "{err}");
+        let message = err.to_string();
+        assert!(message.contains("soon"), "{message}");
+        assert!(message.contains("floor_timeout"), "{message}");
+        assert!(!message.contains("config.rs"), "{message}");
 
         let args = RelayArgs {
             queue_depth: Some(0),

@@ -11,10 +11,13 @@ use tracing_subscriber::EnvFilter;
 const EXIT_USAGE: u8 = 64;
 
 fn main() -> ExitCode {
+    use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_env("KRT_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
         )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
 
     let args = RelayArgs::parse();

@@ -78,26 +78,41 @@ pub enum KeyStatus {
     Created,
 }
 
-/// Creates the signing key pair and the user id secret in `dir` when the
-/// signing key is missing. Existing keys are never overwritten.
+/// Creates the signing key pair in `dir` when neither key file exists, and
+/// the user id secret when it is missing. Existing key files are never
+/// overwritten: a public key without its secret key (a relay whose bot keeps
+/// the secret elsewhere) is kept, and a public key that does not decode, or
+/// a secret file readable by other users, is an error.
 pub fn ensure_keys(dir: &Path) -> Result<KeyStatus, KeyFileError> {
     fs::create_dir_all(dir).map_err(io_error(dir))?;
     let secret_path = dir.join(SIGNING_KEY_FILE);
     let public_path = dir.join(PUBLIC_KEY_FILE);
-    let status = if secret_path.exists() {
-        KeyStatus::Existing
-    } else {
-        let signer = TokenSigner::generate();
-        write_secret(&secret_path, &encode_key(&signer.secret_bytes()))?;
-        write_public(&public_path, &signer.verifier().to_base64())?;
-        KeyStatus::Created
+    let status = match (secret_path.exists(), public_path.exists()) {
+        (false, false) => {
+            let signer = TokenSigner::generate();
+            write_secret(&secret_path, &encode_key(&signer.secret_bytes()))?;
+            write_public(&public_path, &signer.verifier().to_base64())?;
+            KeyStatus::Created
+        }
+        (true, false) => {
+            let signer = load_signer(dir)?;
+            write_public(&public_path, &signer.verifier().to_base64())?;
+            KeyStatus::Existing
+        }
+        (true, true) => {
+            read_secret(&secret_path)?;
+            load_verifier(dir)?;
+            KeyStatus::Existing
+        }
+        (false, true) => {
+            load_verifier(dir)?;
+            KeyStatus::Existing
+        }
     };
-    if !public_path.exists() {
-        let signer = load_signer(dir)?;
-        write_public(&public_path, &signer.verifier().to_base64())?;
-    }
     let user_key_path = dir.join(USER_ID_KEY_FILE);
-    if !user_key_path.exists() {
+    if user_key_path.exists() {
+        read_secret(&user_key_path)?;
+    } else {
         let secret: [u8; 32] = rand::random();
         write_secret(&user_key_path, &encode_key(&secret))?;
     }
@@ -217,6 +232,48 @@ mod tests {
             "{err}"
         );
         assert!(err.to_string().contains("chmod 600"));
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn public_key_alone_is_kept() {
+        let dir = temp_dir("public");
+        ensure_keys(&dir).unwrap();
+        let public = fs::read_to_string(dir.join(PUBLIC_KEY_FILE)).unwrap();
+        fs::remove_file(dir.join(SIGNING_KEY_FILE)).unwrap();
+        assert_eq!(ensure_keys(&dir).unwrap(), KeyStatus::Existing);
+        assert_eq!(
+            fs::read_to_string(dir.join(PUBLIC_KEY_FILE)).unwrap(),
+            public
+        );
+        assert!(!dir.join(SIGNING_KEY_FILE).exists());
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn invalid_public_key_rejected_not_replaced() {
+        let dir = temp_dir("garbage");
+        fs::write(dir.join(PUBLIC_KEY_FILE), "garbage\n").unwrap();
+        let err = ensure_keys(&dir).unwrap_err();
+        assert!(matches!(err, KeyFileError::Invalid { .. }), "{err}");
+        assert_eq!(
+            fs::read_to_string(dir.join(PUBLIC_KEY_FILE)).unwrap(),
+            "garbage\n"
+        );
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn ensure_keys_rejects_open_secrets() {
+        let dir = temp_dir("open-ensure");
+        ensure_keys(&dir).unwrap();
+        for file in [SIGNING_KEY_FILE, USER_ID_KEY_FILE] {
+            let path = dir.join(file);
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+            let err = ensure_keys(&dir).unwrap_err();
+            assert!(matches!(err, KeyFileError::TooOpen { .. }), "{file}: {err}");
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+        }
         fs::remove_dir_all(dir).unwrap();
     }
 

@@ -160,12 +160,8 @@ impl ClientMessage {
         match kind {
             "auth" => Ok(ClientMessage::Auth {
                 auth_token: optional_string("auth", "authToken", raw.auth_token.as_ref())?,
-                discord_user_id: optional_id(
-                    "auth",
-                    "discordUserId",
-                    raw.discord_user_id.as_ref(),
-                )?,
-                guild_id: optional_id("auth", "guildId", raw.guild_id.as_ref())?,
+                discord_user_id: optional_id(raw.discord_user_id.as_ref()),
+                guild_id: optional_id(raw.guild_id.as_ref()),
             }),
             "join" => Ok(ClientMessage::Join {
                 freq: freq("join")?,
@@ -219,15 +215,14 @@ fn optional_string(
     }
 }
 
-/// Accepts ids sent either as strings or as numbers, as older clients do.
-fn optional_id(
-    kind: &'static str,
-    field: &'static str,
-    value: Option<&Value>,
-) -> Result<Option<String>, ProtocolError> {
+/// Reads an id that older clients send as a string or a number. The relay
+/// never uses these ids, so a value of another type is ignored rather than
+/// failing an otherwise valid login.
+fn optional_id(value: Option<&Value>) -> Option<String> {
     match value {
-        Some(Value::Number(number)) => Ok(Some(number.to_string())),
-        other => optional_string(kind, field, other),
+        Some(Value::Number(number)) => Some(number.to_string()),
+        Some(Value::String(text)) => Some(text.clone()),
+        _ => None,
     }
 }
 
