@@ -82,7 +82,8 @@ pub enum KeyStatus {
 /// the user id secret when it is missing. Existing key files are never
 /// overwritten: a public key without its secret key (a relay whose bot keeps
 /// the secret elsewhere) is kept, and a public key that does not decode, or
-/// a secret file readable by other users, is an error.
+/// a secret file readable by other users, is an error. Secret files that
+/// exist are only checked for their mode, never read.
 pub fn ensure_keys(dir: &Path) -> Result<KeyStatus, KeyFileError> {
     fs::create_dir_all(dir).map_err(io_error(dir))?;
     let secret_path = dir.join(SIGNING_KEY_FILE);
@@ -100,7 +101,7 @@ pub fn ensure_keys(dir: &Path) -> Result<KeyStatus, KeyFileError> {
             KeyStatus::Existing
         }
         (true, true) => {
-            read_secret(&secret_path)?;
+            check_mode(&secret_path)?;
             load_verifier(dir)?;
             KeyStatus::Existing
         }
@@ -111,7 +112,7 @@ pub fn ensure_keys(dir: &Path) -> Result<KeyStatus, KeyFileError> {
     };
     let user_key_path = dir.join(USER_ID_KEY_FILE);
     if user_key_path.exists() {
-        read_secret(&user_key_path)?;
+        check_mode(&user_key_path)?;
     } else {
         let secret: [u8; 32] = rand::random();
         write_secret(&user_key_path, &encode_key(&secret))?;
@@ -145,7 +146,9 @@ pub fn load_user_id_key(dir: &Path) -> Result<UserIdKey, KeyFileError> {
     Ok(UserIdKey::from_bytes(secret))
 }
 
-fn read_secret(path: &Path) -> Result<[u8; 32], KeyFileError> {
+/// Rejects a secret file readable by group or others. Only the metadata is
+/// read, so the relay checks the bot's secret without loading it.
+fn check_mode(path: &Path) -> Result<(), KeyFileError> {
     let metadata = fs::metadata(path).map_err(io_error(path))?;
     let mode = metadata.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
@@ -154,6 +157,11 @@ fn read_secret(path: &Path) -> Result<[u8; 32], KeyFileError> {
             mode,
         });
     }
+    Ok(())
+}
+
+fn read_secret(path: &Path) -> Result<[u8; 32], KeyFileError> {
+    check_mode(path)?;
     let text = fs::read_to_string(path).map_err(io_error(path))?;
     decode_key(&text).map_err(|detail| KeyFileError::Invalid {
         path: path.to_owned(),
