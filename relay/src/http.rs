@@ -14,7 +14,7 @@ use axum::routing::get;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::json;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
@@ -23,6 +23,7 @@ use tower_service::Service;
 
 use crate::hub::Hub;
 use crate::session;
+use crate::writer::ReadSide;
 
 /// Everything a request handler needs.
 #[derive(Clone)]
@@ -35,14 +36,16 @@ struct AppState {
 }
 
 /// Buffers of tungstenite, sized for ~100-byte frames rather than the library
-/// defaults of 128 KiB, so that idle connections stay small. Writes collect
-/// in the write buffer until the writer task flushes, up to 8 KiB.
+/// defaults of 128 KiB, so that idle connections stay small. tungstenite only
+/// reads here: the writer task frames and writes everything the relay sends,
+/// so its write buffer contains nothing but the pongs and close replies it
+/// queues by itself, which are discarded.
 fn websocket_config(hub: &Hub) -> WebSocketConfig {
     let max_message = hub.config.max_text_bytes.max(hub.config.max_frame_bytes);
     WebSocketConfig::default()
         .read_buffer_size(2048)
-        .write_buffer_size(8192)
-        .max_write_buffer_size(64 * 1024)
+        .write_buffer_size(0)
+        .max_write_buffer_size(4096)
         .max_message_size(Some(max_message))
         .max_frame_size(Some(max_message))
 }
@@ -235,14 +238,40 @@ async fn voice(
     tokio::spawn(async move {
         match on_upgrade.await {
             Ok(upgraded) => {
-                let config = websocket_config(&hub);
-                let socket = WebSocketStream::from_raw_socket(
-                    TokioIo::new(upgraded),
-                    Role::Server,
-                    Some(config),
-                )
-                .await;
-                session::run(hub, socket, peer, client, shutdown).await;
+                // The accept loop serves every connection over a TcpStream,
+                // so taking it back out of hyper's wrapper succeeds.
+                match upgraded.downcast::<TokioIo<TcpStream>>() {
+                    Ok(parts) => {
+                        // Bytes the client sent right after its request,
+                        // which hyper has already read, come first. The
+                        // buffer is a view of hyper's whole read buffer, so
+                        // it is copied and dropped rather than kept for the
+                        // life of the connection.
+                        let early = (!parts.read_buf.is_empty()).then(|| parts.read_buf.to_vec());
+                        drop(parts.read_buf);
+                        let (read, write) = parts.io.into_inner().into_split();
+                        let read = ReadSide::new(read);
+                        let config = Some(websocket_config(&hub));
+                        let socket = match early {
+                            None => {
+                                WebSocketStream::from_raw_socket(read, Role::Server, config).await
+                            }
+                            Some(early) => {
+                                WebSocketStream::from_partially_read(
+                                    read,
+                                    early,
+                                    Role::Server,
+                                    config,
+                                )
+                                .await
+                            }
+                        };
+                        session::run(hub, socket, Arc::new(write), peer, client, shutdown).await;
+                    }
+                    Err(_) => {
+                        tracing::warn!(%peer, "upgraded connection is not a TCP stream; closed")
+                    }
+                }
                 drop(permit);
             }
             Err(err) => tracing::debug!(%peer, error = %err, "WebSocket upgrade failed"),

@@ -7,7 +7,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
@@ -26,7 +26,9 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 use crate::auth::Authenticator;
 use crate::config::RelayConfig;
 use crate::guard::PeerGuard;
-use crate::session_shared::{CloseReason, Outbound, SessionCommand, SessionId, SessionShared};
+use crate::session_shared::{
+    CloseReason, Outbound, Outlet, SessionCommand, SessionId, SessionShared, binary_frame,
+};
 use crate::txlog::{TxLog, TxRecord};
 
 /// Settings of a frequency; frequencies without a database row use the
@@ -137,7 +139,16 @@ pub struct Hub {
     busy: DashSet<FreqId>,
     dirty: Mutex<Vec<FreqId>>,
     next_session: AtomicU64,
+    /// Whether the fan-out writes audio straight to idle listeners' sockets;
+    /// see [`Hub::update_direct_writes`].
+    direct_writes: AtomicBool,
 }
+
+/// CPU use, as a share of the cores the relay may use, above which the
+/// fan-out stops writing directly and queues every frame.
+pub const DIRECT_WRITES_OFF_ABOVE: f64 = 0.6;
+/// CPU use below which direct writes resume.
+pub const DIRECT_WRITES_ON_BELOW: f64 = 0.3;
 
 /// Current wall-clock time in Unix milliseconds.
 pub fn wall_ms() -> i64 {
@@ -202,7 +213,33 @@ impl Hub {
             busy: DashSet::new(),
             dirty: Mutex::new(Vec::new()),
             next_session: AtomicU64::new(1),
+            direct_writes: AtomicBool::new(true),
         }
+    }
+
+    /// Switches direct writes by the relay's recent CPU use, a share of the
+    /// cores it may use. A direct write saves the writer task's wake-up, but
+    /// it always costs one system call per frame. Queued frames for the same
+    /// listener leave in one write once the writer tasks fall behind, so
+    /// under load the queue is cheaper per frame and its bounded depth drops
+    /// what cannot be sent in time. Returns the setting now in force.
+    pub fn update_direct_writes(&self, cpu_share: f64) -> bool {
+        let direct = self.direct_writes.load(Ordering::Relaxed);
+        let next = next_direct_writes(direct, cpu_share);
+        if next != direct {
+            self.direct_writes.store(next, Ordering::Relaxed);
+            tracing::info!(
+                cpu_percent = (cpu_share * 100.0).round(),
+                direct_writes = next,
+                "audio write mode changed"
+            );
+        }
+        next
+    }
+
+    /// Whether the fan-out writes audio directly to idle listeners now.
+    pub fn direct_writes(&self) -> bool {
+        self.direct_writes.load(Ordering::Relaxed)
     }
 
     fn slot(&self, freq: FreqId) -> &Mutex<FreqState> {
@@ -211,8 +248,9 @@ impl Hub {
 
     // ---- sessions -------------------------------------------------------
 
-    /// Registers an authenticated session. When the user now has more
-    /// sessions than allowed, the oldest one is sent a close command.
+    /// Registers an authenticated session whose messages all go through
+    /// `queue`. When the user now has more sessions than allowed, the oldest
+    /// one is sent a close command.
     pub fn register(
         &self,
         claims: &Claims,
@@ -220,8 +258,20 @@ impl Hub {
         queue: mpsc::Sender<Outbound>,
         commands: mpsc::Sender<SessionCommand>,
     ) -> Arc<SessionShared> {
+        self.register_outlet(claims, peer, Arc::new(Outlet::new(queue, None)), commands)
+    }
+
+    /// Registers an authenticated session with its outlet, like
+    /// [`Hub::register`].
+    pub fn register_outlet(
+        &self,
+        claims: &Claims,
+        peer: std::net::SocketAddr,
+        outlet: Arc<Outlet>,
+        commands: mpsc::Sender<SessionCommand>,
+    ) -> Arc<SessionShared> {
         let id = self.next_session.fetch_add(1, Ordering::Relaxed);
-        let session = Arc::new(SessionShared::new(id, claims, peer, queue, commands));
+        let session = Arc::new(SessionShared::new(id, claims, peer, outlet, commands));
         self.sessions.insert(id, Arc::clone(&session));
         self.token_sessions
             .entry(claims.jti.clone())
@@ -605,10 +655,11 @@ impl Hub {
         frame: &Bytes,
         now: Instant,
     ) -> Forward {
+        let direct = self.direct_writes();
         let mut state = self.slot(freq).lock();
         state.frames_in += 1;
         if !state.settings.half_duplex {
-            fan_out(&mut state, sender.id, frame);
+            fan_out(&mut state, sender.id, frame, direct);
             return Forward::Sent {
                 started: false,
                 floor: false,
@@ -616,7 +667,7 @@ impl Hub {
         }
         match state.floor.on_frame(sender.id, sender.rank, now) {
             FrameDecision::Continue => {
-                fan_out(&mut state, sender.id, frame);
+                fan_out(&mut state, sender.id, frame, direct);
                 Forward::Sent {
                     started: false,
                     floor: true,
@@ -627,7 +678,7 @@ impl Hub {
                     self.finish_transmission(&mut state, freq, ended.transmission);
                 }
                 self.start_transmission(&mut state, freq, sender);
-                fan_out(&mut state, sender.id, frame);
+                fan_out(&mut state, sender.id, frame, direct);
                 Forward::Sent {
                     started: true,
                     floor: true,
@@ -753,13 +804,26 @@ impl Hub {
     }
 }
 
-fn fan_out(state: &mut FreqState, sender: SessionId, frame: &Bytes) {
+/// Applies the hysteresis of [`Hub::update_direct_writes`].
+fn next_direct_writes(direct: bool, cpu_share: f64) -> bool {
+    if direct {
+        cpu_share <= DIRECT_WRITES_OFF_ABOVE
+    } else {
+        cpu_share < DIRECT_WRITES_ON_BELOW
+    }
+}
+
+/// Sends `frame` to every unmuted listener but the sender. With `direct`,
+/// listeners with an empty queue get it in a direct write from here, so the
+/// frequency's lock is held for one system call per listener.
+fn fan_out(state: &mut FreqState, sender: SessionId, frame: &Bytes, direct: bool) {
+    let frame = binary_frame(frame);
     let (mut sent, mut dropped) = (0u64, 0u64);
     for listener in &state.listeners {
         if listener.session.id == sender || listener.muted {
             continue;
         }
-        if listener.session.send_audio(frame) {
+        if listener.session.send_audio(&frame, direct) {
             sent += 1;
         } else {
             dropped += 1;
@@ -777,5 +841,18 @@ fn broadcast_except(state: &FreqState, except: SessionId, message: &Utf8Bytes) {
         if listener.session.id != except {
             listener.session.send_control(message.clone());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn direct_writes_switch_with_hysteresis() {
+        assert!(next_direct_writes(true, 0.5));
+        assert!(!next_direct_writes(true, 0.7));
+        assert!(!next_direct_writes(false, 0.5));
+        assert!(next_direct_writes(false, 0.2));
     }
 }

@@ -21,6 +21,7 @@ pub mod limits;
 pub mod session;
 pub mod session_shared;
 pub mod txlog;
+pub mod writer;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -192,6 +193,7 @@ pub async fn start(config: RelayConfig) -> Result<Relay, StartError> {
             shutdown_rx.clone(),
         )),
         tokio::spawn(listener_updates(Arc::clone(&hub), shutdown_rx.clone())),
+        tokio::spawn(watch_cpu(Arc::clone(&hub), shutdown_rx.clone())),
         tokio::spawn(maintenance(
             Arc::clone(&hub),
             db.clone(),
@@ -240,6 +242,45 @@ async fn listener_updates(hub: Arc<Hub>, mut shutdown: watch::Receiver<bool>) {
             _ = shutdown.changed() => return,
             _ = ticker.tick() => hub.flush_listener_updates(),
         }
+    }
+}
+
+/// Interval of the CPU samples that switch direct audio writes.
+const CPU_SAMPLE_INTERVAL: Duration = Duration::from_millis(250);
+
+/// User plus system CPU time of this process, seconds.
+fn process_cpu_secs() -> f64 {
+    // SAFETY: getrusage fills the zeroed struct it is given.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
+        usage
+    };
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    secs(usage.ru_utime) + secs(usage.ru_stime)
+}
+
+/// Samples the relay's CPU use and lets the hub choose between direct and
+/// queued audio writes (see [`Hub::update_direct_writes`]). The share is of
+/// the cores the relay may use: the worker threads, at most the CPUs in its
+/// affinity mask.
+async fn watch_cpu(hub: Arc<Hub>, mut shutdown: watch::Receiver<bool>) {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cores = hub.config.worker_threads.unwrap_or(cpus).min(cpus) as f64;
+    let mut ticker = tokio::time::interval(CPU_SAMPLE_INTERVAL);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last = (std::time::Instant::now(), process_cpu_secs());
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = ticker.tick() => {}
+        }
+        let now = (std::time::Instant::now(), process_cpu_secs());
+        let wall = now.0.duration_since(last.0).as_secs_f64();
+        if wall > 0.0 {
+            hub.update_direct_writes((now.1 - last.1) / wall / cores);
+        }
+        last = now;
     }
 }
 

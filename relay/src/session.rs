@@ -2,9 +2,10 @@
 //!
 //! Each connection has two tasks. The session task reads from the socket and
 //! owns the session state (joined frequencies, grants, mutes, floors held).
-//! The writer task drains the session's bounded outbound queue, writing every
-//! message that is already waiting before one flush, so frames queued for
-//! the same listener leave in one system call.
+//! The writer task ([`crate::writer`]) drains the session's bounded outbound
+//! queue, writing every message that is already waiting in one system call.
+//! Audio for a listener with an empty queue skips the queue: the fan-out
+//! writes it to the socket directly.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -14,16 +15,14 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{SinkExt, StreamExt};
-use hyper::upgrade::Upgraded;
-use hyper_util::rt::TokioIo;
+use futures_util::StreamExt;
 use krt_shared::frame::FrameHeader;
 use krt_shared::protocol::{
     AssignAction, ClientMessage, ProtocolError, ServerMessage, TxDeniedReason,
 };
 use krt_shared::token::{Claims, TokenError};
 use krt_shared::{FreqId, FreqSet};
+use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{Sleep, sleep_until};
 use tokio_tungstenite::WebSocketStream;
@@ -33,18 +32,18 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 use tracing::Instrument;
 
 use crate::hub::{Forward, Hub, wall_secs};
-use crate::session_shared::{CloseReason, Outbound, SessionCommand, SessionShared};
+use crate::session_shared::{CloseReason, Outbound, Outlet, SessionCommand, SessionShared};
+use crate::writer::{ReadSide, write_loop};
 
-/// The WebSocket type of an upgraded HTTP connection.
-pub type Socket = WebSocketStream<TokioIo<Upgraded>>;
+/// The read side of an upgraded connection as a WebSocket stream; the
+/// writer task writes to the socket's write half.
+pub type Socket = WebSocketStream<ReadSide>;
 
 /// Error messages a client may receive in a burst; further errors are
 /// counted, not sent, until the allowance refills.
 const ERROR_BURST: f64 = 16.0;
 /// Error messages the allowance regains per second.
 const ERROR_REFILL_PER_SEC: f64 = 2.0;
-/// Messages the writer feeds before it flushes, bounding one write.
-const WRITE_BATCH: usize = 64;
 /// Time the writer gets to send the close frame before it is stopped.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// Commands queued per session.
@@ -54,6 +53,7 @@ const COMMAND_QUEUE: usize = 64;
 pub async fn run(
     hub: Arc<Hub>,
     socket: Socket,
+    write_half: Arc<OwnedWriteHalf>,
     peer: SocketAddr,
     client: IpAddr,
     shutdown: watch::Receiver<bool>,
@@ -66,7 +66,7 @@ pub async fn run(
         user = tracing::field::Empty
     );
     hub.counters.connections.fetch_add(1, Ordering::Relaxed);
-    run_inner(Arc::clone(&hub), socket, peer, client, shutdown)
+    run_inner(Arc::clone(&hub), socket, write_half, peer, client, shutdown)
         .instrument(span)
         .await;
     hub.counters.connections.fetch_sub(1, Ordering::Relaxed);
@@ -74,22 +74,32 @@ pub async fn run(
 
 async fn run_inner(
     hub: Arc<Hub>,
-    socket: Socket,
+    mut stream: Socket,
+    write_half: Arc<OwnedWriteHalf>,
     peer: SocketAddr,
     client: IpAddr,
     shutdown: watch::Receiver<bool>,
 ) {
-    let (sink, mut stream) = socket.split();
     let (queue, queue_rx) = mpsc::channel(hub.config.queue_capacity());
     let (close_tx, close_rx) = oneshot::channel();
-    let mut writer = tokio::spawn(
-        write_loop(sink, queue_rx, close_rx, hub.config.coalesce_window)
-            .instrument(tracing::Span::current()),
-    );
+    // A coalescing window delays every write, so it rules out direct writes.
+    let coalesce_window = hub.config.coalesce_window;
+    let direct = coalesce_window.is_zero().then(|| Arc::clone(&write_half));
+    let outlet = Arc::new(Outlet::new(queue, direct));
+    // The writer logs into the session's span without entering it on every
+    // wake-up.
+    let mut writer = tokio::spawn(write_loop(
+        write_half,
+        Arc::clone(&outlet),
+        queue_rx,
+        close_rx,
+        coalesce_window,
+        tracing::Span::current(),
+    ));
 
     let mut connection = Connection {
         hub: Arc::clone(&hub),
-        queue,
+        outlet,
         peer,
         client,
         shutdown,
@@ -99,7 +109,8 @@ async fn run_inner(
     let reason = match connection.authenticate(&mut stream).await {
         Ok(claims) => {
             let (commands_tx, commands) = mpsc::channel(COMMAND_QUEUE);
-            let shared = hub.register(&claims, peer, connection.queue.clone(), commands_tx);
+            let outlet = Arc::clone(&connection.outlet);
+            let shared = hub.register_outlet(&claims, peer, outlet, commands_tx);
             let span = tracing::Span::current();
             span.record("session", shared.id);
             span.record("user", tracing::field::display(&shared.user));
@@ -128,68 +139,10 @@ async fn run_inner(
     }
 }
 
-/// Writes queued messages until the queue closes or a close frame arrives.
-async fn write_loop(
-    mut sink: SplitSink<Socket, Message>,
-    mut queue: mpsc::Receiver<Outbound>,
-    mut close: oneshot::Receiver<CloseFrame>,
-    coalesce_window: Duration,
-) {
-    loop {
-        let first = tokio::select! {
-            biased;
-            frame = &mut close => {
-                // Messages queued before the close (such as `auth_error`)
-                // go out first.
-                while let Ok(message) = queue.try_recv() {
-                    if sink.feed(to_message(message)).await.is_err() {
-                        return;
-                    }
-                }
-                if let Ok(frame) = frame {
-                    let _ = sink.send(Message::Close(Some(frame))).await;
-                }
-                return;
-            }
-            message = queue.recv() => match message {
-                Some(message) => message,
-                None => return,
-            },
-        };
-        if !coalesce_window.is_zero() {
-            tokio::time::sleep(coalesce_window).await;
-        }
-        if sink.feed(to_message(first)).await.is_err() {
-            return;
-        }
-        for _ in 1..WRITE_BATCH {
-            match queue.try_recv() {
-                Ok(message) => {
-                    if sink.feed(to_message(message)).await.is_err() {
-                        return;
-                    }
-                }
-                Err(_) => break,
-            }
-        }
-        if let Err(err) = sink.flush().await {
-            tracing::debug!(error = %err, "write failed; writer stops");
-            return;
-        }
-    }
-}
-
-fn to_message(outbound: Outbound) -> Message {
-    match outbound {
-        Outbound::Audio(frame) => Message::Binary(frame),
-        Outbound::Text(text) => Message::Text(text),
-    }
-}
-
 /// State of a connection before and after authentication.
 struct Connection {
     hub: Arc<Hub>,
-    queue: mpsc::Sender<Outbound>,
+    outlet: Arc<Outlet>,
     peer: SocketAddr,
     client: IpAddr,
     shutdown: watch::Receiver<bool>,
@@ -201,11 +154,19 @@ struct Connection {
 impl Connection {
     fn send(&self, message: &ServerMessage) {
         if self
-            .queue
-            .try_send(Outbound::Text(Utf8Bytes::from(message.to_json())))
+            .outlet
+            .push(Outbound::Text(Utf8Bytes::from(message.to_json())))
             .is_err()
         {
             tracing::debug!("outbound queue full; control message not sent");
+        }
+    }
+
+    /// Answers a WebSocket ping, which tungstenite leaves to the session
+    /// because the writer task owns the socket's write half.
+    fn pong(&self, payload: Bytes) {
+        if self.outlet.push(Outbound::Pong(payload)).is_err() {
+            tracing::debug!("outbound queue full; pong not sent");
         }
     }
 
@@ -228,10 +189,7 @@ impl Connection {
     }
 
     /// Waits for a valid `auth` message within the auth timeout.
-    async fn authenticate(
-        &mut self,
-        stream: &mut SplitStream<Socket>,
-    ) -> Result<Arc<Claims>, CloseReason> {
+    async fn authenticate(&mut self, stream: &mut Socket) -> Result<Arc<Claims>, CloseReason> {
         let deadline = tokio::time::Instant::now() + self.hub.config.auth_timeout;
         loop {
             let message = tokio::select! {
@@ -250,6 +208,10 @@ impl Connection {
                     continue;
                 }
                 Message::Close(_) => return Err(CloseReason::ClientClosed),
+                Message::Ping(payload) => {
+                    self.pong(payload);
+                    continue;
+                }
                 _ => continue,
             };
             match ClientMessage::parse(&text) {
@@ -361,7 +323,7 @@ impl Session {
         self.claims.allows(freq) || self.grants.contains(freq)
     }
 
-    async fn run(&mut self, stream: &mut SplitStream<Socket>) -> CloseReason {
+    async fn run(&mut self, stream: &mut Socket) -> CloseReason {
         let idle_timeout = self.hub().config.idle_timeout;
         let floor_timeout = self.hub().config.floor_timeout;
         let mut idle = pin!(sleep_until((self.last_seen + idle_timeout).into()));
@@ -396,6 +358,7 @@ impl Session {
                         }
                         Message::Text(text) => self.on_text(&text),
                         Message::Close(_) => return CloseReason::ClientClosed,
+                        Message::Ping(payload) => self.conn.pong(payload),
                         _ => {}
                     }
                 }

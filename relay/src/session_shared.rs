@@ -6,9 +6,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
 use krt_shared::protocol::close_code;
 use krt_shared::{FreqId, FreqSet, UserId};
+use parking_lot::Mutex;
+use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
@@ -20,10 +22,166 @@ pub type SessionId = u64;
 /// A message queued for a session's writer task.
 #[derive(Debug)]
 pub enum Outbound {
-    /// An audio frame, shared with every other listener of the frequency.
+    /// An audio frame as a complete WebSocket binary frame (see
+    /// [`binary_frame`]), shared with every other listener of the frequency.
     Audio(Bytes),
+    /// The unwritten end of an audio frame whose start a direct write sent.
+    /// It must leave before any other message.
+    Rest(Bytes),
     /// A JSON control message.
     Text(Utf8Bytes),
+    /// The reply to a WebSocket ping, with the ping's payload.
+    Pong(Bytes),
+}
+
+/// Opcodes of RFC 6455 frames the relay sends.
+pub mod opcode {
+    /// Text frame.
+    pub const TEXT: u8 = 0x1;
+    /// Binary frame.
+    pub const BINARY: u8 = 0x2;
+    /// Close frame.
+    pub const CLOSE: u8 = 0x8;
+    /// Pong frame.
+    pub const PONG: u8 = 0xA;
+}
+
+/// Appends the header of an unmasked, final server frame (RFC 6455 section
+/// 5.2) with `opcode` and a payload of `len` bytes.
+pub fn put_frame_header(out: &mut impl BufMut, opcode: u8, len: usize) {
+    out.put_u8(0x80 | opcode);
+    if len < 126 {
+        out.put_u8(len as u8);
+    } else if len <= usize::from(u16::MAX) {
+        out.put_u8(126);
+        out.put_u16(len as u16);
+    } else {
+        out.put_u8(127);
+        out.put_u64(len as u64);
+    }
+}
+
+/// Wraps an audio frame in a WebSocket binary frame, once per forwarded
+/// frame, so that every listener gets the same bytes without framing them
+/// again.
+pub fn binary_frame(payload: &[u8]) -> Bytes {
+    let mut out = BytesMut::with_capacity(payload.len() + 10);
+    put_frame_header(&mut out, opcode::BINARY, payload.len());
+    out.put_slice(payload);
+    out.freeze()
+}
+
+/// The way out to a client: the writer task's queue and, while that queue is
+/// empty, direct writes of audio to the socket.
+///
+/// A direct write saves the wake-up of the writer task and leaves the frame
+/// in one system call made by the talker's task. Direct writes happen only
+/// while `busy` is false. Every push to the queue sets `busy` under the same
+/// lock, and the writer task clears it only once the queue is empty and all
+/// its bytes are written, so bytes of two frames never interleave and
+/// queued messages keep their order.
+pub struct Outlet {
+    queue: mpsc::Sender<Outbound>,
+    /// The socket for direct writes; `None` sends everything through the
+    /// queue, as with a coalescing window or in tests without a socket.
+    socket: Option<Arc<OwnedWriteHalf>>,
+    /// True while the queue holds messages or the writer task has bytes
+    /// that are not yet written.
+    busy: Mutex<bool>,
+}
+
+/// Result of offering an audio frame to an outlet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AudioDelivery {
+    /// Written to the socket at once.
+    Written,
+    /// Queued for the writer task.
+    Queued,
+    /// Dropped because the audio part of the queue is full.
+    Dropped,
+}
+
+impl Outlet {
+    /// Creates an outlet. With `socket`, audio goes straight to it whenever
+    /// nothing is queued; without, everything is queued.
+    pub fn new(queue: mpsc::Sender<Outbound>, socket: Option<Arc<OwnedWriteHalf>>) -> Self {
+        Self {
+            queue,
+            socket,
+            busy: Mutex::new(false),
+        }
+    }
+
+    /// Queues a message without waiting. Returns it when the queue is full.
+    pub fn push(&self, message: Outbound) -> Result<(), mpsc::error::TrySendError<Outbound>> {
+        let mut busy = self.busy.lock();
+        self.queue.try_send(message)?;
+        *busy = true;
+        Ok(())
+    }
+
+    /// Writes an audio frame (a complete WebSocket frame) to the socket when
+    /// `direct` is true and nothing is waiting, or else queues it unless the
+    /// audio part of the queue is full.
+    pub fn send_audio(&self, frame: &Bytes, direct: bool) -> AudioDelivery {
+        let mut busy = self.busy.lock();
+        if direct
+            && !*busy
+            && let Some(socket) = &self.socket
+        {
+            match socket.try_write(frame) {
+                Ok(written) if written == frame.len() => return AudioDelivery::Written,
+                Ok(written) => {
+                    // The queue is empty while not busy, so the rest fits.
+                    if self
+                        .queue
+                        .try_send(Outbound::Rest(frame.slice(written..)))
+                        .is_ok()
+                    {
+                        *busy = true;
+                    }
+                    return AudioDelivery::Written;
+                }
+                // A full socket buffer, or a failed connection that the
+                // writer task reports when it writes next: queue the frame.
+                Err(_) => {}
+            }
+        }
+        if self.queue.capacity() <= CONTROL_HEADROOM {
+            return AudioDelivery::Dropped;
+        }
+        match self.queue.try_send(Outbound::Audio(frame.clone())) {
+            Ok(()) => {
+                *busy = true;
+                AudioDelivery::Queued
+            }
+            Err(_) => AudioDelivery::Dropped,
+        }
+    }
+
+    /// Called by the writer task after writing everything it took from the
+    /// queue. Returns true, and allows direct writes again, when the queue
+    /// is empty.
+    pub fn finish_writing(&self) -> bool {
+        let mut busy = self.busy.lock();
+        if self.queue.capacity() == self.queue.max_capacity() {
+            *busy = false;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Ends direct writes for good, before the writer task writes its close
+    /// frame.
+    pub fn stop_direct_writes(&self) {
+        *self.busy.lock() = true;
+    }
+
+    /// Messages waiting in the queue.
+    pub fn queue_len(&self) -> usize {
+        self.queue.max_capacity() - self.queue.capacity()
+    }
 }
 
 /// Reason a session ends; each maps to a WebSocket close code.
@@ -169,7 +327,7 @@ pub struct SessionShared {
     pub frames_out: AtomicU64,
     /// Audio frames dropped because this listener's queue was full.
     pub drops: AtomicU64,
-    queue: mpsc::Sender<Outbound>,
+    outlet: Arc<Outlet>,
     commands: mpsc::Sender<SessionCommand>,
 }
 
@@ -180,7 +338,7 @@ impl SessionShared {
         id: SessionId,
         claims: &krt_shared::token::Claims,
         peer: SocketAddr,
-        queue: mpsc::Sender<Outbound>,
+        outlet: Arc<Outlet>,
         commands: mpsc::Sender<SessionCommand>,
     ) -> Self {
         Self {
@@ -196,24 +354,22 @@ impl SessionShared {
             joined: parking_lot::Mutex::new(Vec::new()),
             frames_out: AtomicU64::new(0),
             drops: AtomicU64::new(0),
-            queue,
+            outlet,
             commands,
         }
     }
 
-    /// Queues an audio frame without waiting. Returns false, and counts a
-    /// drop, when the audio part of the queue is full.
-    pub fn send_audio(&self, frame: &Bytes) -> bool {
-        if self.queue.capacity() <= CONTROL_HEADROOM {
-            self.drops.fetch_add(1, Ordering::Relaxed);
-            return false;
-        }
-        match self.queue.try_send(Outbound::Audio(frame.clone())) {
-            Ok(()) => {
+    /// Sends an audio frame, a complete WebSocket frame from
+    /// [`binary_frame`], without waiting: written at once (only with
+    /// `direct`) or queued. Returns false, and counts a drop, when the audio
+    /// part of the queue is full.
+    pub fn send_audio(&self, frame: &Bytes, direct: bool) -> bool {
+        match self.outlet.send_audio(frame, direct) {
+            AudioDelivery::Written | AudioDelivery::Queued => {
                 self.frames_out.fetch_add(1, Ordering::Relaxed);
                 true
             }
-            Err(_) => {
+            AudioDelivery::Dropped => {
                 self.drops.fetch_add(1, Ordering::Relaxed);
                 false
             }
@@ -222,14 +378,14 @@ impl SessionShared {
 
     /// Messages waiting in the outbound queue.
     pub fn queue_len(&self) -> usize {
-        self.queue.max_capacity() - self.queue.capacity()
+        self.outlet.queue_len()
     }
 
     /// Queues a control message. A listener whose queue is full even for
     /// control messages is closed as too slow, since dropping a control
     /// message would leave the client with a wrong view.
     pub fn send_control(&self, text: Utf8Bytes) {
-        if let Err(mpsc::error::TrySendError::Full(_)) = self.queue.try_send(Outbound::Text(text)) {
+        if let Err(mpsc::error::TrySendError::Full(_)) = self.outlet.push(Outbound::Text(text)) {
             tracing::warn!(session = self.id, user = %self.user, "control message queue full; closing slow session");
             self.command(SessionCommand::Close(CloseReason::TooSlow));
         }
@@ -250,6 +406,34 @@ impl SessionShared {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn frame_header_lengths() {
+        let short = binary_frame(&[7; 88]);
+        assert_eq!(short[..2], [0x82, 88]);
+        assert_eq!(short.len(), 90);
+        let medium = binary_frame(&[7; 1500]);
+        assert_eq!(medium[..4], [0x82, 126, 0x05, 0xdc]);
+        assert_eq!(medium.len(), 1504);
+        let mut long = Vec::new();
+        put_frame_header(&mut long, opcode::TEXT, 70_000);
+        assert_eq!(long, [0x81, 127, 0, 0, 0, 0, 0, 1, 0x11, 0x70]);
+    }
+
+    #[test]
+    fn queued_outlet_counts_and_drops() {
+        let (queue, mut rx) = mpsc::channel(CONTROL_HEADROOM + 2);
+        let outlet = Outlet::new(queue, None);
+        let frame = binary_frame(b"audio");
+        assert_eq!(outlet.send_audio(&frame, true), AudioDelivery::Queued);
+        assert_eq!(outlet.send_audio(&frame, true), AudioDelivery::Queued);
+        assert_eq!(outlet.send_audio(&frame, true), AudioDelivery::Dropped);
+        assert!(outlet.push(Outbound::Text("{}".into())).is_ok());
+        assert_eq!(outlet.queue_len(), 3);
+        assert!(!outlet.finish_writing());
+        while rx.try_recv().is_ok() {}
+        assert!(outlet.finish_writing());
+    }
 
     #[test]
     fn close_text_fits_rfc_limit() {

@@ -154,3 +154,22 @@ async fn purge_removes_only_old_rows() {
     drop(db);
     let _ = Database::connect(&url).await.unwrap();
 }
+
+#[tokio::test]
+async fn slow_http_headers_are_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let relay = TestRelay::start_with(|c| c.handshake_timeout = Duration::from_millis(300)).await;
+    let mut stream = tokio::net::TcpStream::connect(relay.addr).await.unwrap();
+    // Half a request, then silence, as a slowloris client does.
+    stream
+        .write_all(b"GET /voice HTTP/1.1\r\nHost: relay\r\n")
+        .await
+        .unwrap();
+    let started = tokio::time::Instant::now();
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest)).await;
+    assert!(read.is_ok(), "the relay kept a stalled handshake open");
+    assert!(started.elapsed() < Duration::from_secs(3));
+    // Other clients are served meanwhile.
+    let _client = relay.client(1).await;
+}

@@ -35,11 +35,11 @@ const EPOLL_BATCH: usize = 256;
     name = "krt-tcp-baseline",
     version,
     about = "Bare loopback TCP baseline: CPU per write of one small message, paced like audio",
-    after_help = "Socket s belongs to talker s mod TALKERS. Each talker tick writes one \
-                  message to FANOUT sockets of its group, one write each, so the writer \
-                  makes TALKERS x 50 x FANOUT writes a second, like a relay forwarding \
-                  TALKERS talkers to FANOUT listeners each. Pin it like the relay, for \
-                  example --writer-cpu 0 --reader-cpu 1."
+    after_help = "Socket s belongs to the groups of talkers (s + j) mod TALKERS for \
+                  j < JOINS. Each talker tick writes one message to FANOUT sockets of its \
+                  group, one write each, so the writer makes TALKERS x 50 x FANOUT writes \
+                  a second, like a relay forwarding TALKERS talkers to FANOUT listeners \
+                  each. Pin it like the relay, for example --writer-cpu 0 --reader-cpu 1."
 )]
 struct Args {
     /// Reader sockets (connections) to open
@@ -48,8 +48,13 @@ struct Args {
     /// Talkers; each sends 50 messages a second to its group
     #[arg(long, default_value_t = 6)]
     talkers: usize,
-    /// Sockets written per talker message [default: sockets / talkers - 1,
-    /// the listeners of a frequency other than the talker]
+    /// Talker groups each socket belongs to, like the load generator's
+    /// --joins-per-user: socket s is in the groups of talkers (s + j) mod
+    /// TALKERS for j < JOINS
+    #[arg(long, default_value_t = 1)]
+    joins: usize,
+    /// Sockets written per talker message [default: the group size minus
+    /// one, the listeners of a frequency other than the talker]
     #[arg(long)]
     fanout: Option<usize>,
     /// Message size in bytes; 90 is an 80-byte payload with the 8-byte frame
@@ -201,14 +206,13 @@ fn read_all(
     Ok((end.0 + end.1) - (start.0 + start.1))
 }
 
-/// Groups of sockets per talker: socket s belongs to talker s mod talkers,
-/// and a talker writes to the first `fanout` sockets of its group.
-fn talker_groups(sockets: usize, talkers: usize, fanout: usize) -> Vec<Vec<usize>> {
+/// Groups of sockets per talker: socket s belongs to the groups of talkers
+/// (s + j) mod talkers for j < joins.
+fn talker_groups(sockets: usize, talkers: usize, joins: usize) -> Vec<Vec<usize>> {
     (0..talkers)
         .map(|talker| {
-            (talker..sockets)
-                .step_by(talkers)
-                .take(fanout)
+            (0..sockets)
+                .filter(|socket| (talker + talkers - socket % talkers) % talkers < joins)
                 .collect::<Vec<_>>()
         })
         .collect()
@@ -221,7 +225,14 @@ fn run(args: &Args) -> Result<Report, String> {
             args.sockets, args.talkers
         ));
     }
-    let per_group = args.sockets / args.talkers;
+    if args.joins == 0 || args.joins > args.talkers {
+        return Err(format!(
+            "invalid --joins {}: use 1 to --talkers ({})",
+            args.joins, args.talkers
+        ));
+    }
+    let groups = talker_groups(args.sockets, args.talkers, args.joins);
+    let per_group = groups.iter().map(Vec::len).min().unwrap_or(0);
     let fanout = args.fanout.unwrap_or(per_group.saturating_sub(1)).max(1);
     if fanout > per_group {
         return Err(format!(
@@ -249,7 +260,10 @@ fn run(args: &Args) -> Result<Report, String> {
 
     // The talkers' ticks are spread evenly over one frame interval, like the
     // load generator's talkers.
-    let groups = talker_groups(args.sockets, args.talkers, fanout);
+    let groups: Vec<Vec<usize>> = groups
+        .into_iter()
+        .map(|group| group.into_iter().take(fanout).collect())
+        .collect();
     let message = vec![0x5au8; args.message_bytes];
     let tick = FRAME_INTERVAL / args.talkers as u32;
     let begin = Instant::now();
@@ -368,9 +382,15 @@ mod tests {
 
     #[test]
     fn groups_follow_talker_layout() {
-        let groups = talker_groups(600, 6, 99);
+        let groups = talker_groups(600, 6, 1);
         assert_eq!(groups.len(), 6);
-        assert!(groups.iter().all(|group| group.len() == 99));
+        assert!(groups.iter().all(|group| group.len() == 100));
         assert_eq!(groups[1][..3], [1, 7, 13]);
+        let four = talker_groups(600, 6, 4);
+        assert!(four.iter().all(|group| group.len() == 400));
+        // Socket 5 joins talkers 5, 0, 1 and 2, as user 5 of the load
+        // generator joins those frequencies.
+        let of_five: Vec<usize> = (0..6).filter(|t| four[*t].contains(&5)).collect();
+        assert_eq!(of_five, [0, 1, 2, 5]);
     }
 }

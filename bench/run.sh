@@ -1,0 +1,201 @@
+#!/usr/bin/env bash
+# Runs the relay benchmark scenarios in sequence, each bounded in time.
+#
+#   bench/run.sh [SCENARIO...]     (default: every scenario)
+#
+# Scenarios: baseline event contenders ramp idle slow storm joins4 overload.
+# The relay runs pinned to CPU 0 (taskset -c 0) and the load generator to
+# CPU 1 (taskset -c 1). Each scenario starts its own relay with a fresh data
+# directory under $OUT/data-*, stops it by process id, and writes the
+# reports to $OUT (default /tmp/krt-bench). Build first:
+#   cargo build --release -p krt-relay -p krt-tests
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+BIN=${BIN:-target/release}
+OUT=${OUT:-/tmp/krt-bench}
+RELAY_CPU=${RELAY_CPU:-0}
+LOADGEN_CPU=${LOADGEN_CPU:-1}
+WORKERS=${WORKERS:-1}
+DURATION_S=${DURATION_S:-10}
+DURATION="${DURATION_S}s"
+mkdir -p "$OUT"
+ulimit -n 20000
+
+RELAY_PID=""
+RELAY_ADDR=""
+
+# start_relay NAME [RELAY OPTIONS...]: starts a relay on a free port.
+start_relay() {
+    local name=$1
+    shift
+    local dir="$OUT/data-$name"
+    rm -rf "$dir"
+    mkdir -p "$dir"
+    KRT_LOG=warn,krt_relay::hub=info taskset -c "$RELAY_CPU" "$BIN/krt-relay" --listen 127.0.0.1:0 \
+        --data-dir "$dir" --addr-file "$dir/addr" --worker-threads "$WORKERS" "$@" \
+        >"$OUT/$name.relay.log" 2>&1 &
+    RELAY_PID=$!
+    for _ in $(seq 100); do
+        [[ -s "$dir/addr" ]] && break
+        sleep 0.1
+    done
+    if [[ ! -s "$dir/addr" ]]; then
+        echo "relay for $name did not start; see $OUT/$name.relay.log" >&2
+        stop_relay
+        return 1
+    fi
+    RELAY_ADDR=$(tr -d '\n' <"$dir/addr")
+}
+
+# Context switches of the relay: involuntary ones mean another process took
+# its core.
+relay_switches() {
+    cat /proc/"$RELAY_PID"/task/*/status 2>/dev/null | awk '
+        /^voluntary_ctxt_switches/ { v += $2 }
+        /^nonvoluntary_ctxt_switches/ { n += $2 }
+        END { printf "voluntary %d, involuntary %d (all threads)", v, n }'
+}
+
+stop_relay() {
+    if [[ -n "$RELAY_PID" ]]; then
+        kill "$RELAY_PID" 2>/dev/null || true
+        wait "$RELAY_PID" 2>/dev/null || true
+        RELAY_PID=""
+    fi
+}
+trap stop_relay EXIT
+
+# loadgen NAME [LOADGEN OPTIONS...]: runs the load generator against the
+# running relay, bounded by timeout.
+loadgen() {
+    local name=$1
+    shift
+    echo "== $name: $(uptime)" | tee -a "$OUT/$name.txt"
+    echo "relay switches before: $(relay_switches)" | tee -a "$OUT/$name.txt"
+    timeout 300 taskset -c "$LOADGEN_CPU" "$BIN/krt-loadgen" \
+        --url "ws://$RELAY_ADDR/voice" --data-dir "$OUT/data-$name" \
+        --relay-pid "$RELAY_PID" "$@" 2>"$OUT/$name.loadgen.log" | tee -a "$OUT/$name.txt"
+    echo "relay switches after: $(relay_switches)" | tee -a "$OUT/$name.txt"
+}
+
+# Seconds since the epoch of the first log line of FILE that contains TEXT.
+log_time() {
+    local line
+    line=$(grep -m1 "$2" "$1" | sed 's/\x1b\[[0-9;]*m//g' | awk '{print $1}')
+    date -d "$line" +%s.%N
+}
+
+# baseline NAME TALKERS FANOUT [SOCKETS [JOINS]]: the bare TCP floor for a
+# layout.
+baseline() {
+    local name=$1 talkers=$2 fanout=$3 sockets=${4:-600} joins=${5:-1}
+    echo "== baseline for $name: $(uptime)" | tee -a "$OUT/$name.txt"
+    timeout 120 "$BIN/krt-tcp-baseline" --sockets "$sockets" --talkers "$talkers" \
+        --joins "$joins" --fanout "$fanout" --duration "$DURATION" \
+        --writer-cpu "$RELAY_CPU" --reader-cpu "$LOADGEN_CPU" | tee -a "$OUT/$name.txt"
+}
+
+scenario_event() {
+    baseline event 6 99
+    start_relay event
+    loadgen event --users 600 --freqs 6 --talkers 6 --duration "$DURATION"
+    stop_relay
+    baseline event 6 99
+}
+
+scenario_contenders() {
+    start_relay contenders
+    loadgen contenders --users 600 --freqs 6 --talkers 12 --duration "$DURATION"
+    stop_relay
+}
+
+scenario_ramp() {
+    local users
+    for users in 1200 2400 4800; do
+        local talkers=$((users / 100))
+        baseline "ramp-$users" "$talkers" 99 "$users"
+        start_relay "ramp-$users"
+        loadgen "ramp-$users" --users "$users" --freqs "$talkers" --talkers "$talkers" \
+            --duration "$DURATION" --connect-timeout 120s
+        stop_relay
+    done
+}
+
+scenario_idle() {
+    local users=${IDLE_USERS:-10000}
+    start_relay idle
+    loadgen idle --users "$users" --idle --duration 10s --connect-timeout 180s \
+        --connect-concurrency 128
+    stop_relay
+}
+
+scenario_slow() {
+    start_relay slow
+    loadgen slow --users 600 --freqs 6 --talkers 6 --slow-listeners 20 --duration 60s
+    stop_relay
+}
+
+scenario_storm() {
+    start_relay storm
+    loadgen storm --users 600 --freqs 6 --talkers 6 --reconnect-storm --duration "$DURATION"
+    curl -s "http://$RELAY_ADDR/server-status" | tee -a "$OUT/storm.txt"
+    echo | tee -a "$OUT/storm.txt"
+    stop_relay
+}
+
+scenario_joins4() {
+    local window
+    baseline joins4 6 399 600 4
+    for window in 0ms 500us 1ms 2ms; do
+        start_relay "joins4-$window" --coalesce-window "$window"
+        loadgen "joins4-$window" --users 600 --freqs 6 --talkers 6 --joins-per-user 4 \
+            --duration "$DURATION"
+        stop_relay
+    done
+}
+
+# Overload, then a probe: a second, small load generator (100 users on
+# another frequency) whose measurement window starts a moment after the
+# overload's talkers stop, to show how soon latency is back to normal.
+scenario_overload() {
+    baseline overload 48 99 4800
+    start_relay overload
+    loadgen overload --users 4800 --freqs 48 --talkers 48 --duration "$DURATION" \
+        --connect-timeout 120s &
+    local main=$!
+    local log="$OUT/overload.loadgen.log"
+    for _ in $(seq 1200); do
+        grep -q talking "$log" 2>/dev/null && break
+        sleep 0.1
+    done
+    # Talking starts 0.1 s after the log line. The probe starts 1 s before
+    # the overload's talkers stop, so that its window begins soon after they
+    # stop, once it has connected and warmed up for 1 s. The measured offset
+    # is printed below.
+    sleep $((2 + DURATION_S - 1))
+    echo "== overload probe: $(uptime)" | tee -a "$OUT/overload-probe.txt"
+    timeout 60 taskset -c "$LOADGEN_CPU" "$BIN/krt-loadgen" \
+        --url "ws://$RELAY_ADDR/voice" --data-dir "$OUT/data-overload" \
+        --users 100 --freqs 1 --talkers 1 --first-freq 9000 --warmup 1s --duration 1s \
+        2>"$OUT/overload-probe.loadgen.log" | tee -a "$OUT/overload-probe.txt"
+    wait "$main" || true
+    local talk_end probe_window
+    talk_end=$(echo "$(log_time "$log" talking) + 0.1 + 2 + $DURATION_S" | bc)
+    probe_window=$(echo "$(log_time "$OUT/overload-probe.loadgen.log" talking) + 0.1 + 1" | bc)
+    echo "probe window starts $(echo "$probe_window - $talk_end" | bc) s after the overload talkers stopped" \
+        | tee -a "$OUT/overload-probe.txt"
+    stop_relay
+}
+
+scenario_baseline() {
+    baseline baseline 6 99
+}
+
+scenarios=("$@")
+if [[ ${#scenarios[@]} -eq 0 ]]; then
+    scenarios=(event contenders ramp idle slow storm joins4 overload)
+fi
+for scenario in "${scenarios[@]}"; do
+    "scenario_$scenario"
+done
