@@ -105,6 +105,7 @@ async fn run_inner(
         shutdown,
         error_allowance: (ERROR_BURST, Instant::now()),
         errors_suppressed: 0,
+        overflowed: std::cell::Cell::new(false),
     };
     let reason = match connection.authenticate(&mut stream).await {
         Ok(claims) => {
@@ -149,6 +150,10 @@ struct Connection {
     /// Token bucket of error messages: allowance and time of last refill.
     error_allowance: (f64, Instant),
     errors_suppressed: u64,
+    /// Set when a reply found the outbound queue full. A dropped reply would
+    /// leave the client with a wrong view, so the session then closes with
+    /// 4005, as it does when a pushed control message finds no room.
+    overflowed: std::cell::Cell<bool>,
 }
 
 impl Connection {
@@ -158,7 +163,8 @@ impl Connection {
             .push(Outbound::Text(Utf8Bytes::from(message.to_json())))
             .is_err()
         {
-            tracing::debug!("outbound queue full; control message not sent");
+            tracing::warn!("outbound queue full; closing the session as too slow");
+            self.overflowed.set(true);
         }
     }
 
@@ -166,7 +172,8 @@ impl Connection {
     /// because the writer task owns the socket's write half.
     fn pong(&self, payload: Bytes) {
         if self.outlet.push(Outbound::Pong(payload)).is_err() {
-            tracing::debug!("outbound queue full; pong not sent");
+            tracing::warn!("outbound queue full; closing the session as too slow");
+            self.overflowed.set(true);
         }
     }
 
@@ -235,6 +242,9 @@ impl Connection {
                     self.send_error("not authenticated: send auth with your token first".into())
                 }
                 Err(err) => self.send_error(err.to_string()),
+            }
+            if self.overflowed.get() {
+                return Err(CloseReason::TooSlow);
             }
         }
     }
@@ -360,6 +370,9 @@ impl Session {
                         Message::Close(_) => return CloseReason::ClientClosed,
                         Message::Ping(payload) => self.conn.pong(payload),
                         _ => {}
+                    }
+                    if self.conn.overflowed.get() {
+                        return CloseReason::TooSlow;
                     }
                 }
                 _ = &mut floor, if floor_armed => {

@@ -303,3 +303,47 @@ async fn join_outside_token_frequencies_rejected() {
     assert!(reply["reason"].as_str().unwrap().contains("not allowed"));
     client.ping().await;
 }
+
+#[tokio::test]
+async fn ping_flood_never_loses_replies_silently() {
+    let relay = TestRelay::start().await;
+    let mut pair = Pair::new(&relay).await;
+    let mut flooder = Client::connect_small_buffer(relay.addr).await;
+    flooder.auth(&relay.token(3)).await;
+    const PINGS: usize = 5000;
+    // The relay may close the connection mid-flood; sending then fails.
+    for _ in 0..PINGS {
+        let ping = tokio_tungstenite::tungstenite::Message::text(r#"{"type":"ping"}"#);
+        if futures_util::SinkExt::send(&mut flooder.ws, ping)
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    let mut pongs = 0;
+    let mut close_code = None;
+    while let Some(message) = flooder.next_within(Duration::from_secs(3)).await {
+        match message {
+            tokio_tungstenite::tungstenite::Message::Text(text) => {
+                let value: serde_json::Value = serde_json::from_str(&text).unwrap();
+                assert_eq!(value["type"], "pong", "unexpected reply {value}");
+                pongs += 1;
+            }
+            tokio_tungstenite::tungstenite::Message::Close(frame) => {
+                close_code = frame.map(|f| u16::from(f.code));
+                break;
+            }
+            _ => {}
+        }
+    }
+    // Either every ping got its pong, or the relay said it gave up.
+    if pongs < PINGS {
+        assert_eq!(
+            close_code,
+            Some(4005),
+            "{pongs} of {PINGS} pongs and no close 4005"
+        );
+    }
+    pair.still_works().await;
+}
