@@ -48,6 +48,9 @@ pub struct RelayConfig {
     pub listener_update_interval: Duration,
     /// Audio frames queued per listener before further frames are dropped.
     /// At 50 frames a second per talker, 32 frames are 640 ms of audio.
+    // TODO: drop queued frames by age as well; under overload a full queue
+    // still delays each frame by up to its depth (p99 about 400 ms at 4,800
+    // users on one core).
     pub queue_depth: usize,
     /// Wait after a listener's first queued frame before writing, so that
     /// frames of several frequencies leave in one write. Zero writes at once;
