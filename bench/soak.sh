@@ -2,9 +2,9 @@
 # Soak run: 600 users on 6 frequencies with 6 talkers, in ROUNDS rounds of
 # ROUND_SECS seconds against one relay process. After each round every
 # client has left, so the relay's open file descriptors must return to the
-# baseline; RSS must stay flat; and the transmission rows must equal the
-# transmissions made (one per talker per round, since talkers speak for the
-# whole round). The same 600 tokens serve every round, so the relay's cache
+# baseline. RSS must stay flat. The transmission rows must equal the
+# transmissions made, one per talker per round, because talkers speak for
+# the whole round. The same 600 tokens serve every round, so the relay's cache
 # of verified tokens does not grow from round to round. Bounded:
 # ROUNDS x (ROUND_SECS + ~10 s).
 #

@@ -171,15 +171,20 @@ mod tests {
     use tokio::net::{TcpListener, TcpStream};
     use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
-    #[tokio::test]
-    async fn direct_and_queued_frames_keep_order() {
+    /// Returns a loopback client socket and the write half of its server end.
+    async fn connected_pair() -> (TcpStream, Arc<tokio::net::tcp::OwnedWriteHalf>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let mut client = TcpStream::connect(listener.local_addr().unwrap())
+        let client = TcpStream::connect(listener.local_addr().unwrap())
             .await
             .unwrap();
         let (server, _) = listener.accept().await.unwrap();
         let (_read, write) = server.into_split();
-        let write = Arc::new(write);
+        (client, Arc::new(write))
+    }
+
+    #[tokio::test]
+    async fn direct_and_queued_frames_keep_order() {
+        let (mut client, write) = connected_pair().await;
         let (queue, queue_rx) = mpsc::channel(8 + CONTROL_HEADROOM);
         let outlet = Arc::new(Outlet::new(queue, Some(Arc::clone(&write))));
         let (close_tx, close_rx) = oneshot::channel();
@@ -219,13 +224,7 @@ mod tests {
 
     #[tokio::test]
     async fn idle_outlet_writes_directly() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let mut client = TcpStream::connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
-        let (server, _) = listener.accept().await.unwrap();
-        let (_read, write) = server.into_split();
-        let write = Arc::new(write);
+        let (mut client, write) = connected_pair().await;
         // Readiness is known only once the runtime has seen the socket.
         write.writable().await.unwrap();
         let (queue, _queue_rx) = mpsc::channel(8 + CONTROL_HEADROOM);

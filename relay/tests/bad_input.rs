@@ -25,7 +25,7 @@ impl Pair {
         Self { talker, listener }
     }
 
-    /// Audio from the talker still reaches the listener, and both answer pings.
+    /// Audio from the talker still reaches the listener, and both still reply to pings.
     async fn still_works(&mut self) {
         let sent = self.talker.send_audio(freq(1100), b"still-alive").await;
         assert_eq!(self.listener.next_binary().await.as_ref(), sent.as_slice());
@@ -337,7 +337,7 @@ async fn ping_flood_never_loses_replies_silently() {
             _ => {}
         }
     }
-    // Either every ping got its pong, or the relay said it gave up.
+    // Either every ping got its pong, or the relay closed the session with 4005.
     if pongs < PINGS {
         assert_eq!(
             close_code,

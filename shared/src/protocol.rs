@@ -50,7 +50,7 @@ pub enum ClientMessage {
         /// Frequency the sender was talking on.
         freq: FreqId,
     },
-    /// Heartbeat; the relay answers with `pong`.
+    /// Heartbeat, to which the relay replies with `pong`.
     Ping,
 }
 
@@ -66,7 +66,7 @@ pub enum ProtocolError {
     /// The JSON is not an object, or has no string `type`.
     #[error("message has no \"type\" field: send a JSON object such as {{\"type\":\"ping\"}}")]
     MissingType,
-    /// The `type` is not one this relay knows.
+    /// The `type` is not one this relay supports.
     #[error(
         "unknown message type '{kind}': expected auth, join, leave, mute, unmute, tx_stop or ping"
     )]
@@ -240,7 +240,7 @@ pub enum RxAction {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TxDeniedReason {
-    /// Another talker holds the floor.
+    /// Another talker has the floor.
     Busy,
     /// A talker of higher rank took the floor.
     Preempted,
@@ -331,7 +331,7 @@ pub enum ServerMessage {
         /// What failed and what to do.
         reason: String,
     },
-    /// Answer to `ping`.
+    /// Reply to `ping`.
     Pong,
     /// Listener count of a joined frequency changed.
     ListenerUpdate {
