@@ -11,6 +11,7 @@
 //! use it.
 
 pub mod auth;
+pub mod cli;
 pub mod config;
 pub mod control;
 pub mod db;

@@ -1,12 +1,12 @@
 //! A real `krt-relay` process on an ephemeral loopback port, and a minimal
 //! voice-protocol client, for the cross-process tests.
 //!
-//! The relay executable is `KRT_RELAY_BIN` when set; otherwise cargo builds
-//! it for this profile and reports its path, so the relay is never stale.
+//! The relay executable is `KRT_RELAY_BIN` when set. Otherwise it is the
+//! `krt-relay-under-test` binary of this package: it runs the relay's own
+//! entry point, and cargo builds it before the integration tests.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
@@ -15,42 +15,24 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 
-fn relay_executable() -> &'static Path {
-    static PATH: OnceLock<PathBuf> = OnceLock::new();
-    PATH.get_or_init(|| {
-        if let Some(path) = std::env::var_os("KRT_RELAY_BIN") {
-            return PathBuf::from(path);
-        }
-        let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .parent()
-            .expect("the tests crate is inside the workspace");
-        let mut build = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
-        build
-            .current_dir(workspace)
-            .args([
-                "build",
-                "-p",
-                "krt-relay",
-                "--bin",
-                "krt-relay",
-                "--message-format=json",
-            ])
-            .stderr(Stdio::inherit());
-        if !cfg!(debug_assertions) {
-            build.arg("--release");
-        }
-        let output = build.output().expect("cargo runs");
-        assert!(output.status.success(), "cargo failed to build krt-relay");
-        String::from_utf8_lossy(&output.stdout)
-            .lines()
-            .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-            .find_map(|message| {
-                let is_relay = message["reason"] == "compiler-artifact"
-                    && message["target"]["name"] == "krt-relay";
-                is_relay.then(|| message["executable"].as_str().map(PathBuf::from))?
-            })
-            .expect("cargo reports the krt-relay executable")
-    })
+fn relay_executable() -> PathBuf {
+    if let Some(path) = std::env::var_os("KRT_RELAY_BIN") {
+        return PathBuf::from(path);
+    }
+    // Integration tests run from `target/<profile>/deps/`; the package's
+    // binaries sit one level up.
+    let test_exe = std::env::current_exe().expect("current_exe of the test binary");
+    let profile_dir = test_exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test binary path has the form target/<profile>/deps/<name>");
+    let relay = profile_dir.join("krt-relay-under-test");
+    assert!(
+        relay.is_file(),
+        "{} is missing: run the tests through cargo, or set KRT_RELAY_BIN",
+        relay.display()
+    );
+    relay
 }
 
 /// A relay process; SIGTERM on drop.
