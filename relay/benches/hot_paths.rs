@@ -71,8 +71,7 @@ fn hub_with_listeners(
         let mut talker = None;
         for n in 0..=listeners {
             let (queue, receiver) = mpsc::channel(config.queue_capacity());
-            let (commands, _) = mpsc::channel(8);
-            let session = hub.register(&claims(n, now_secs()), peer, queue, commands);
+            let session = hub.register(&claims(n, now_secs()), peer, queue);
             hub.join(&session, freq).unwrap();
             if n == 0 {
                 talker = Some(session);

@@ -48,10 +48,13 @@ pub struct RelayConfig {
     pub listener_update_interval: Duration,
     /// Audio frames queued per listener before further frames are dropped.
     /// At 50 frames a second per talker, 32 frames are 640 ms of audio.
-    // TODO: drop queued frames by age as well; under overload a full queue
-    // still delays each frame by up to its depth (p99 about 400 ms at 4,800
-    // users on one core).
     pub queue_depth: usize,
+    /// Longest time an audio frame may wait in a listener's queue. The
+    /// writer drops older frames and counts them as late, so an overloaded
+    /// relay sheds frames instead of delaying all of them. Zero keeps every
+    /// queued frame.
+    #[serde(with = "duration_text")]
+    pub max_queue_delay: Duration,
     /// Wait after a listener's first queued frame before writing, so that
     /// frames of several frequencies leave in one write. Zero writes at once;
     /// a few hundred microseconds trade latency for fewer system calls.
@@ -111,6 +114,7 @@ impl Default for RelayConfig {
             preemption: true,
             listener_update_interval: Duration::from_secs(1),
             queue_depth: 32,
+            max_queue_delay: Duration::from_millis(40),
             coalesce_window: Duration::ZERO,
             send_buffer_bytes: 32 * 1024,
             max_text_bytes: 4096,
@@ -250,6 +254,14 @@ impl RelayConfig {
             "use 0 to 20ms",
         )?;
         check(
+            "max_queue_delay",
+            ms(self.max_queue_delay),
+            self.max_queue_delay.is_zero()
+                || (self.max_queue_delay > self.coalesce_window
+                    && self.max_queue_delay <= Duration::from_secs(10)),
+            "use 0 (off), or more than coalesce_window and at most 10s",
+        )?;
+        check(
             "txlog_batch",
             self.txlog_batch,
             (1..=1000).contains(&self.txlog_batch),
@@ -327,6 +339,11 @@ pub struct RelayArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub queue_depth: Option<usize>,
+    /// Longest wait of an audio frame in a listener's queue before it is
+    /// dropped as late, e.g. 40ms; 0 keeps every frame [default: 40ms]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_queue_delay: Option<String>,
     /// Delay before writing a listener's frames so they leave in one write,
     /// e.g. 500us [default: 0]
     #[arg(long)]
@@ -452,6 +469,23 @@ mod tests {
         };
         let err = load_config(None, Serialized::defaults(&args)).unwrap_err();
         assert!(err.to_string().contains("queue_depth = 0"), "{err}");
+
+        // Every queued frame waits out the coalescing window, so a shorter
+        // delay limit would drop them all.
+        let args = RelayArgs {
+            coalesce_window: Some("2ms".into()),
+            max_queue_delay: Some("1ms".into()),
+            ..Default::default()
+        };
+        let err = load_config(None, Serialized::defaults(&args)).unwrap_err();
+        assert!(err.to_string().contains("max_queue_delay = 1ms"), "{err}");
+
+        let args = RelayArgs {
+            coalesce_window: Some("2ms".into()),
+            max_queue_delay: Some("0s".into()),
+            ..Default::default()
+        };
+        assert!(load_config(None, Serialized::defaults(&args)).is_ok());
     }
 
     #[test]

@@ -36,14 +36,15 @@ struct AppState {
 }
 
 /// Buffers of tungstenite, sized for ~100-byte frames rather than the library
-/// defaults of 128 KiB, so that idle connections stay small. tungstenite only
+/// defaults of 128 KiB, so that idle connections stay small: the read buffer
+/// of 512 bytes grows for a larger message when one arrives. tungstenite only
 /// reads here: the writer task frames and writes everything the relay sends,
 /// so its write buffer contains nothing but the pongs and close replies it
 /// queues by itself, which are discarded.
 fn websocket_config(hub: &Hub) -> WebSocketConfig {
     let max_message = hub.config.max_text_bytes.max(hub.config.max_frame_bytes);
     WebSocketConfig::default()
-        .read_buffer_size(2048)
+        .read_buffer_size(512)
         .write_buffer_size(0)
         .max_write_buffer_size(4096)
         .max_message_size(Some(max_message))
@@ -167,6 +168,8 @@ async fn server_status(State(state): State<AppState>) -> Json<serde_json::Value>
         "framesIn": stats.frames_in,
         "framesOut": stats.frames_out,
         "framesDropped": stats.frames_dropped,
+        "framesLate": stats.frames_late,
+        "framesDenied": stats.frames_denied,
         "signatureChecks": state.hub.auth.signature_checks(),
         "tokenCacheHits": state.hub.auth.cache_hits(),
     }))

@@ -27,7 +27,7 @@ use crate::auth::Authenticator;
 use crate::config::RelayConfig;
 use crate::guard::PeerGuard;
 use crate::session_shared::{
-    CloseReason, Outbound, Outlet, SessionCommand, SessionId, SessionShared, binary_frame,
+    CloseReason, Outbound, Outlet, SessionCommand, SessionId, SessionShared, Stamp, binary_frame,
 };
 use crate::txlog::{TxLog, TxRecord};
 
@@ -115,6 +115,12 @@ pub struct Counters {
     pub active_freqs: AtomicUsize,
     /// Connections past the WebSocket handshake, authenticated or not.
     pub connections: AtomicUsize,
+    /// Audio frames that waited longer than `max_queue_delay` in a
+    /// listener's queue and were dropped.
+    pub frames_late: Arc<AtomicU64>,
+    /// Audio frames refused because the sender lacked the floor or was
+    /// muted.
+    pub frames_denied: AtomicU64,
     last_rate_sample: Mutex<(Instant, u64)>,
 }
 
@@ -203,6 +209,8 @@ impl Hub {
                 active_freqs: AtomicUsize::new(0),
                 connections: AtomicUsize::new(0),
                 last_rate_sample: Mutex::new((Instant::now(), 0)),
+                frames_late: Arc::new(AtomicU64::new(0)),
+                frames_denied: AtomicU64::new(0),
             },
             freqs,
             sessions: DashMap::new(),
@@ -256,9 +264,8 @@ impl Hub {
         claims: &Claims,
         peer: std::net::SocketAddr,
         queue: mpsc::Sender<Outbound>,
-        commands: mpsc::Sender<SessionCommand>,
     ) -> Arc<SessionShared> {
-        self.register_outlet(claims, peer, Arc::new(Outlet::new(queue, None)), commands)
+        self.register_outlet(claims, peer, Arc::new(Outlet::new(queue, None)))
     }
 
     /// Registers an authenticated session with its outlet, like
@@ -268,10 +275,9 @@ impl Hub {
         claims: &Claims,
         peer: std::net::SocketAddr,
         outlet: Arc<Outlet>,
-        commands: mpsc::Sender<SessionCommand>,
     ) -> Arc<SessionShared> {
         let id = self.next_session.fetch_add(1, Ordering::Relaxed);
-        let session = Arc::new(SessionShared::new(id, claims, peer, outlet, commands));
+        let session = Arc::new(SessionShared::new(id, claims, peer, outlet));
         self.sessions.insert(id, Arc::clone(&session));
         self.token_sessions
             .entry(claims.jti.clone())
@@ -659,7 +665,7 @@ impl Hub {
         let mut state = self.slot(freq).lock();
         state.frames_in += 1;
         if !state.settings.half_duplex {
-            fan_out(&mut state, sender.id, frame, direct);
+            fan_out(&mut state, sender.id, frame, now, direct);
             return Forward::Sent {
                 started: false,
                 floor: false,
@@ -667,7 +673,7 @@ impl Hub {
         }
         match state.floor.on_frame(sender.id, sender.rank, now) {
             FrameDecision::Continue => {
-                fan_out(&mut state, sender.id, frame, direct);
+                fan_out(&mut state, sender.id, frame, now, direct);
                 Forward::Sent {
                     started: false,
                     floor: true,
@@ -678,7 +684,7 @@ impl Hub {
                     self.finish_transmission(&mut state, freq, ended.transmission);
                 }
                 self.start_transmission(&mut state, freq, sender);
-                fan_out(&mut state, sender.id, frame, direct);
+                fan_out(&mut state, sender.id, frame, now, direct);
                 Forward::Sent {
                     started: true,
                     floor: true,
@@ -798,6 +804,8 @@ impl Hub {
             frames_in,
             frames_out,
             frames_dropped,
+            frames_late: self.counters.frames_late.load(Ordering::Relaxed),
+            frames_denied: self.counters.frames_denied.load(Ordering::Relaxed),
             frames_in_per_sec: rate,
             uptime_secs: self.counters.started.elapsed().as_secs(),
         }
@@ -816,14 +824,15 @@ fn next_direct_writes(direct: bool, cpu_share: f64) -> bool {
 /// Sends `frame` to every unmuted listener but the sender. With `direct`,
 /// listeners with an empty queue get it in a direct write from here, so the
 /// frequency's lock is held for one system call per listener.
-fn fan_out(state: &mut FreqState, sender: SessionId, frame: &Bytes, direct: bool) {
+fn fan_out(state: &mut FreqState, sender: SessionId, frame: &Bytes, now: Instant, direct: bool) {
     let frame = binary_frame(frame);
+    let received = Stamp::of(now);
     let (mut sent, mut dropped) = (0u64, 0u64);
     for listener in &state.listeners {
         if listener.session.id == sender || listener.muted {
             continue;
         }
-        if listener.session.send_audio(&frame, direct) {
+        if listener.session.send_audio(&frame, received, direct) {
             sent += 1;
         } else {
             dropped += 1;

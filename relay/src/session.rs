@@ -33,7 +33,7 @@ use tracing::Instrument;
 
 use crate::hub::{Forward, Hub, wall_secs};
 use crate::session_shared::{CloseReason, Outbound, Outlet, SessionCommand, SessionShared};
-use crate::writer::{ReadSide, write_loop};
+use crate::writer::{ReadSide, WriterSettings, write_loop};
 
 /// The read side of an upgraded connection as a WebSocket stream; the
 /// writer task writes to the socket's write half.
@@ -46,8 +46,6 @@ const ERROR_BURST: f64 = 16.0;
 const ERROR_REFILL_PER_SEC: f64 = 2.0;
 /// Time the writer gets to send the close frame before it is stopped.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
-/// Commands queued per session.
-const COMMAND_QUEUE: usize = 64;
 
 /// Runs a connection until it closes.
 pub async fn run(
@@ -88,12 +86,17 @@ async fn run_inner(
     let outlet = Arc::new(Outlet::new(queue, direct));
     // The writer logs into the session's span without entering it on every
     // wake-up.
+    let settings = WriterSettings {
+        coalesce_window,
+        max_queue_delay: hub.config.max_queue_delay,
+        late_frames: Arc::clone(&hub.counters.frames_late),
+    };
     let mut writer = tokio::spawn(write_loop(
         write_half,
         Arc::clone(&outlet),
         queue_rx,
         close_rx,
-        coalesce_window,
+        settings,
         tracing::Span::current(),
     ));
 
@@ -109,14 +112,13 @@ async fn run_inner(
     };
     let reason = match connection.authenticate(&mut stream).await {
         Ok(claims) => {
-            let (commands_tx, commands) = mpsc::channel(COMMAND_QUEUE);
             let outlet = Arc::clone(&connection.outlet);
-            let shared = hub.register_outlet(&claims, peer, outlet, commands_tx);
+            let shared = hub.register_outlet(&claims, peer, outlet);
             let span = tracing::Span::current();
             span.record("session", shared.id);
             span.record("user", tracing::field::display(&shared.user));
             tracing::info!(name = %shared.name, rank = shared.rank, "session started");
-            let mut session = Session::new(connection, shared, claims, commands);
+            let mut session = Session::new(connection, shared, claims);
             let reason = session.run(&mut stream).await;
             session.finish(&reason);
             reason
@@ -292,7 +294,6 @@ struct Session {
     conn: Connection,
     shared: Arc<SessionShared>,
     claims: Arc<Claims>,
-    commands: mpsc::Receiver<SessionCommand>,
     joined: HashMap<FreqId, Joined>,
     grants: FreqSet,
     tx_mutes: std::collections::HashSet<FreqId>,
@@ -303,19 +304,13 @@ struct Session {
 }
 
 impl Session {
-    fn new(
-        conn: Connection,
-        shared: Arc<SessionShared>,
-        claims: Arc<Claims>,
-        commands: mpsc::Receiver<SessionCommand>,
-    ) -> Self {
+    fn new(conn: Connection, shared: Arc<SessionShared>, claims: Arc<Claims>) -> Self {
         let grants = conn.hub.grants_of(&shared.user);
         let tx_mutes = conn.hub.mutes_of(&shared.user);
         Self {
             conn,
             shared,
             claims,
-            commands,
             joined: HashMap::new(),
             grants,
             tx_mutes,
@@ -341,14 +336,18 @@ impl Session {
             (Instant::now() + Duration::from_secs(3600)).into()
         ));
         let mut floor_armed = false;
+        let shared = Arc::clone(&self.shared);
+        let mut commands = pin!(shared.inbox().ready());
 
         loop {
             tokio::select! {
                 biased;
-                command = self.commands.recv() => {
-                    let Some(command) = command else { return CloseReason::Shutdown };
-                    if let Some(reason) = self.apply_command(command) {
-                        return reason;
+                _ = commands.as_mut() => {
+                    commands.set(shared.inbox().ready());
+                    for command in shared.inbox().take_all() {
+                        if let Some(reason) = self.apply_command(command) {
+                            return reason;
+                        }
                     }
                 }
                 _ = self.conn.shutdown.changed() => return CloseReason::Shutdown,
@@ -455,6 +454,10 @@ impl Session {
     /// Sends `tx_denied` on the first denied frame of an attempt; an attempt
     /// ends after a pause as long as the floor timeout.
     fn deny(&mut self, freq: FreqId, reason: TxDeniedReason) {
+        self.hub()
+            .counters
+            .frames_denied
+            .fetch_add(1, Ordering::Relaxed);
         let now = Instant::now();
         let floor_timeout = self.hub().config.floor_timeout;
         let Some(joined) = self.joined.get_mut(&freq) else {
@@ -642,6 +645,7 @@ impl Session {
             frames_in = self.frames_in,
             frames_out = self.shared.frames_out.load(Ordering::Relaxed),
             drops = self.shared.drops.load(Ordering::Relaxed),
+            late = self.conn.outlet.late_frames(),
             secs = self.shared.connected.elapsed().as_secs(),
             "session ended"
         );

@@ -1,10 +1,11 @@
 //! The part of a session that other tasks may touch: its outbound queue, its
 //! command channel and its counters. The session task owns everything else.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::sync::{Arc, LazyLock};
+use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use krt_shared::protocol::close_code;
@@ -12,6 +13,7 @@ use krt_shared::{FreqId, FreqSet, UserId};
 use parking_lot::Mutex;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::mpsc;
+use tokio::sync::{Notify, futures::Notified};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::config::CONTROL_HEADROOM;
@@ -24,7 +26,12 @@ pub type SessionId = u64;
 pub enum Outbound {
     /// An audio frame as a complete WebSocket binary frame (see
     /// [`binary_frame`]), shared with every other listener of the frequency.
-    Audio(Bytes),
+    Audio {
+        /// The framed bytes.
+        frame: Bytes,
+        /// When the relay received the frame from its talker.
+        received: Stamp,
+    },
     /// The unwritten end of an audio frame whose start a direct write sent.
     /// It must leave before any other message.
     Rest(Bytes),
@@ -32,6 +39,35 @@ pub enum Outbound {
     Text(Utf8Bytes),
     /// The reply to a WebSocket ping, with the ping's payload.
     Pong(Bytes),
+}
+
+/// A point in time as microseconds since the process first asked for one,
+/// wrapping after about 71 minutes.
+///
+/// It is 4 bytes where an `Instant` is 16, which keeps every queue slot and
+/// so every idle session smaller. Ages are computed with wrapping
+/// arithmetic, so they are right for anything that waits less than the
+/// wrap period.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stamp(u32);
+
+impl Stamp {
+    /// Returns the stamp of `at`. Instants before the process's first stamp
+    /// all map to that first stamp.
+    pub fn of(at: Instant) -> Self {
+        static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
+        Self(at.saturating_duration_since(*EPOCH).as_micros() as u32)
+    }
+
+    /// Returns the stamp of the current time.
+    pub fn now() -> Self {
+        Self::of(Instant::now())
+    }
+
+    /// Time from this stamp to `later`.
+    pub fn elapsed_at(self, later: Stamp) -> Duration {
+        Duration::from_micros(u64::from(later.0.wrapping_sub(self.0)))
+    }
 }
 
 /// Opcodes of RFC 6455 frames the relay sends.
@@ -88,6 +124,8 @@ pub struct Outlet {
     /// True while the queue holds messages or the writer task has bytes
     /// that are not yet written.
     busy: Mutex<bool>,
+    /// Audio frames the writer task dropped because they waited too long.
+    late: AtomicU64,
 }
 
 /// Result of offering an audio frame to an outlet.
@@ -109,6 +147,7 @@ impl Outlet {
             queue,
             socket,
             busy: Mutex::new(false),
+            late: AtomicU64::new(0),
         }
     }
 
@@ -120,10 +159,10 @@ impl Outlet {
         Ok(())
     }
 
-    /// Writes an audio frame (a complete WebSocket frame) to the socket when
-    /// `direct` is true and nothing is waiting, or else queues it unless the
-    /// audio part of the queue is full.
-    pub fn send_audio(&self, frame: &Bytes, direct: bool) -> AudioDelivery {
+    /// Writes an audio frame (a complete WebSocket frame) received at
+    /// `received` to the socket when `direct` is true and nothing is
+    /// waiting, or else queues it unless the audio part of the queue is full.
+    pub fn send_audio(&self, frame: &Bytes, received: Stamp, direct: bool) -> AudioDelivery {
         let mut busy = self.busy.lock();
         if direct
             && !*busy
@@ -150,7 +189,11 @@ impl Outlet {
         if self.queue.capacity() <= CONTROL_HEADROOM {
             return AudioDelivery::Dropped;
         }
-        match self.queue.try_send(Outbound::Audio(frame.clone())) {
+        let message = Outbound::Audio {
+            frame: frame.clone(),
+            received,
+        };
+        match self.queue.try_send(message) {
             Ok(()) => {
                 *busy = true;
                 AudioDelivery::Queued
@@ -181,6 +224,16 @@ impl Outlet {
     /// Messages waiting in the queue.
     pub fn queue_len(&self) -> usize {
         self.queue.max_capacity() - self.queue.capacity()
+    }
+
+    /// Adds `frames` to the count of audio frames dropped as late.
+    pub fn count_late(&self, frames: u64) {
+        self.late.fetch_add(frames, Ordering::Relaxed);
+    }
+
+    /// Audio frames dropped as late so far.
+    pub fn late_frames(&self) -> u64 {
+        self.late.load(Ordering::Relaxed)
     }
 }
 
@@ -328,18 +381,63 @@ pub struct SessionShared {
     /// Audio frames dropped because this listener's queue was full.
     pub drops: AtomicU64,
     outlet: Arc<Outlet>,
-    commands: mpsc::Sender<SessionCommand>,
+    inbox: Inbox,
+}
+
+/// Commands waiting for a session task.
+///
+/// Commands are rare, so a locked deque that allocates only while it holds
+/// some costs an idle session less than a Tokio channel, which allocates a
+/// block of 32 slots when it is created.
+pub struct Inbox {
+    pending: Mutex<VecDeque<SessionCommand>>,
+    ready: Notify,
+}
+
+impl Inbox {
+    /// Commands kept waiting before further ones are dropped and logged.
+    const CAPACITY: usize = 64;
+
+    fn new() -> Self {
+        Self {
+            pending: Mutex::new(VecDeque::new()),
+            ready: Notify::new(),
+        }
+    }
+
+    /// Adds a command and wakes the session task. Returns the command when
+    /// the inbox is full.
+    fn push(&self, command: SessionCommand) -> Result<(), SessionCommand> {
+        let mut pending = self.pending.lock();
+        if pending.len() >= Self::CAPACITY {
+            return Err(command);
+        }
+        pending.push_back(command);
+        drop(pending);
+        self.ready.notify_one();
+        Ok(())
+    }
+
+    /// Completes once a command may be waiting. A wake-up that arrives while
+    /// no task waits is kept for the next call, so none is lost.
+    pub fn ready(&self) -> Notified<'_> {
+        self.ready.notified()
+    }
+
+    /// Takes every waiting command, oldest first, and frees the inbox's
+    /// memory.
+    pub fn take_all(&self) -> VecDeque<SessionCommand> {
+        std::mem::take(&mut *self.pending.lock())
+    }
 }
 
 impl SessionShared {
     /// Creates the handle.
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
         id: SessionId,
         claims: &krt_shared::token::Claims,
         peer: SocketAddr,
         outlet: Arc<Outlet>,
-        commands: mpsc::Sender<SessionCommand>,
     ) -> Self {
         Self {
             id,
@@ -355,16 +453,21 @@ impl SessionShared {
             frames_out: AtomicU64::new(0),
             drops: AtomicU64::new(0),
             outlet,
-            commands,
+            inbox: Inbox::new(),
         }
     }
 
+    /// Returns the commands waiting for the session task.
+    pub fn inbox(&self) -> &Inbox {
+        &self.inbox
+    }
+
     /// Sends an audio frame, a complete WebSocket frame from
-    /// [`binary_frame`], without waiting: written at once (only with
-    /// `direct`) or queued. Returns false, and counts a drop, when the audio
-    /// part of the queue is full.
-    pub fn send_audio(&self, frame: &Bytes, direct: bool) -> bool {
-        match self.outlet.send_audio(frame, direct) {
+    /// [`binary_frame`] received at `received`, without waiting: written at
+    /// once (only with `direct`) or queued. Returns false, and counts a drop,
+    /// when the audio part of the queue is full.
+    pub fn send_audio(&self, frame: &Bytes, received: Stamp, direct: bool) -> bool {
+        match self.outlet.send_audio(frame, received, direct) {
             AudioDelivery::Written | AudioDelivery::Queued => {
                 self.frames_out.fetch_add(1, Ordering::Relaxed);
                 true
@@ -393,7 +496,7 @@ impl SessionShared {
 
     /// Sends a command to the session task without waiting.
     pub fn command(&self, command: SessionCommand) {
-        if let Err(mpsc::error::TrySendError::Full(command)) = self.commands.try_send(command) {
+        if let Err(command) = self.inbox.push(command) {
             tracing::warn!(
                 session = self.id,
                 ?command,
@@ -425,14 +528,73 @@ mod tests {
         let (queue, mut rx) = mpsc::channel(CONTROL_HEADROOM + 2);
         let outlet = Outlet::new(queue, None);
         let frame = binary_frame(b"audio");
-        assert_eq!(outlet.send_audio(&frame, true), AudioDelivery::Queued);
-        assert_eq!(outlet.send_audio(&frame, true), AudioDelivery::Queued);
-        assert_eq!(outlet.send_audio(&frame, true), AudioDelivery::Dropped);
+        assert_eq!(
+            outlet.send_audio(&frame, Stamp::now(), true),
+            AudioDelivery::Queued
+        );
+        assert_eq!(
+            outlet.send_audio(&frame, Stamp::now(), true),
+            AudioDelivery::Queued
+        );
+        assert_eq!(
+            outlet.send_audio(&frame, Stamp::now(), true),
+            AudioDelivery::Dropped
+        );
         assert!(outlet.push(Outbound::Text("{}".into())).is_ok());
         assert_eq!(outlet.queue_len(), 3);
         assert!(!outlet.finish_writing());
         while rx.try_recv().is_ok() {}
         assert!(outlet.finish_writing());
+    }
+
+    #[tokio::test]
+    async fn inbox_wakes_keeps_order_and_bounds() {
+        let inbox = Inbox::new();
+        // The wake-up of a push made while no task waits is kept.
+        inbox
+            .push(SessionCommand::Close(CloseReason::Idle))
+            .unwrap();
+        tokio::time::timeout(Duration::from_secs(1), inbox.ready())
+            .await
+            .expect("a waiting command wakes the session");
+        inbox
+            .push(SessionCommand::Close(CloseReason::Replaced))
+            .unwrap();
+        let taken: Vec<_> = inbox.take_all().into_iter().collect();
+        assert!(matches!(
+            taken[..],
+            [
+                SessionCommand::Close(CloseReason::Idle),
+                SessionCommand::Close(CloseReason::Replaced)
+            ]
+        ));
+        assert!(inbox.take_all().is_empty());
+
+        for _ in 0..Inbox::CAPACITY {
+            inbox
+                .push(SessionCommand::Close(CloseReason::Idle))
+                .unwrap();
+        }
+        assert!(
+            inbox
+                .push(SessionCommand::Close(CloseReason::Idle))
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn stamp_age_survives_wrap() {
+        let before = Stamp(u32::MAX - 5);
+        assert_eq!(before.elapsed_at(Stamp(4)), Duration::from_micros(10));
+        let now = Stamp::now();
+        assert_eq!(now.elapsed_at(now), Duration::ZERO);
+    }
+
+    #[test]
+    fn queue_slot_stays_small() {
+        // A Tokio channel allocates its first block of 32 slots when it is
+        // created, so every idle session pays for 32 of these.
+        assert!(std::mem::size_of::<Outbound>() <= 40);
     }
 
     #[test]

@@ -10,6 +10,7 @@
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -18,7 +19,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 
-use crate::session_shared::{Outbound, Outlet, opcode, put_frame_header};
+use crate::session_shared::{Outbound, Outlet, Stamp, opcode, put_frame_header};
 
 /// Messages the writer takes from the queue before it writes, bounding one
 /// write.
@@ -70,10 +71,55 @@ impl AsyncWrite for ReadSide {
     }
 }
 
+/// Settings of a session's writer task.
+#[derive(Clone, Debug)]
+pub struct WriterSettings {
+    /// Wait after the first queued message before writing; see
+    /// `RelayConfig::coalesce_window`.
+    pub coalesce_window: Duration,
+    /// Audio that waited longer than this is dropped; zero keeps it all.
+    pub max_queue_delay: Duration,
+    /// Relay-wide count of audio frames dropped as late.
+    pub late_frames: Arc<AtomicU64>,
+}
+
+/// One write in the making: the bytes of the messages taken from the queue.
+struct Batch {
+    buffer: Vec<u8>,
+    /// When the batch started; audio that waited longer than
+    /// `max_queue_delay` by then is late.
+    now: Stamp,
+    max_queue_delay: Duration,
+    /// Audio frames dropped as late in this batch.
+    late: u64,
+}
+
+impl Batch {
+    /// Starts an empty batch now.
+    fn start(&mut self) {
+        self.buffer.clear();
+        self.late = 0;
+        self.now = Stamp::now();
+    }
+
+    /// Appends `message` as a WebSocket frame, or drops it if it is late
+    /// audio.
+    fn add(&mut self, message: Outbound) {
+        if let Outbound::Audio { received, .. } = &message
+            && !self.max_queue_delay.is_zero()
+            && received.elapsed_at(self.now) > self.max_queue_delay
+        {
+            self.late += 1;
+            return;
+        }
+        encode(&mut self.buffer, message);
+    }
+}
+
 /// Appends one queued message to `buffer` as a WebSocket frame.
 fn encode(buffer: &mut Vec<u8>, message: Outbound) {
     match message {
-        Outbound::Audio(frame) | Outbound::Rest(frame) => buffer.extend_from_slice(&frame),
+        Outbound::Audio { frame, .. } | Outbound::Rest(frame) => buffer.extend_from_slice(&frame),
         Outbound::Text(text) => {
             put_frame_header(buffer, opcode::TEXT, text.len());
             buffer.extend_from_slice(text.as_bytes());
@@ -107,16 +153,22 @@ async fn write_all(socket: &OwnedWriteHalf, mut bytes: &[u8]) -> io::Result<()> 
 }
 
 /// Writes queued messages until the queue closes or a close frame arrives.
-/// Every message already waiting leaves in the same write as the first.
+/// Every message already waiting leaves in the same write as the first,
+/// except audio older than `settings.max_queue_delay`, which is dropped.
 pub async fn write_loop(
     socket: Arc<OwnedWriteHalf>,
     outlet: Arc<Outlet>,
     mut queue: mpsc::Receiver<Outbound>,
     mut close: oneshot::Receiver<CloseFrame>,
-    coalesce_window: Duration,
+    settings: WriterSettings,
     span: tracing::Span,
 ) {
-    let mut buffer = Vec::new();
+    let mut batch = Batch {
+        buffer: Vec::new(),
+        now: Stamp::now(),
+        max_queue_delay: settings.max_queue_delay,
+        late: 0,
+    };
     loop {
         let first = tokio::select! {
             biased;
@@ -124,6 +176,7 @@ pub async fn write_loop(
                 // Messages queued before the close (such as `auth_error`)
                 // go out first.
                 outlet.stop_direct_writes();
+                let mut buffer = batch.buffer;
                 buffer.clear();
                 while let Ok(message) = queue.try_recv() {
                     encode(&mut buffer, message);
@@ -139,23 +192,29 @@ pub async fn write_loop(
                 None => return,
             },
         };
-        if !coalesce_window.is_zero() {
-            tokio::time::sleep(coalesce_window).await;
+        if !settings.coalesce_window.is_zero() {
+            tokio::time::sleep(settings.coalesce_window).await;
         }
-        buffer.clear();
-        encode(&mut buffer, first);
+        batch.start();
+        batch.add(first);
         for _ in 1..WRITE_BATCH {
             match queue.try_recv() {
-                Ok(message) => encode(&mut buffer, message),
+                Ok(message) => batch.add(message),
                 Err(_) => break,
             }
         }
-        if let Err(err) = write_all(&socket, &buffer).await {
+        if batch.late > 0 {
+            outlet.count_late(batch.late);
+            settings
+                .late_frames
+                .fetch_add(batch.late, Ordering::Relaxed);
+        }
+        if let Err(err) = write_all(&socket, &batch.buffer).await {
             tracing::debug!(parent: &span, error = %err, "write failed; writer stops");
             return;
         }
-        if buffer.capacity() > KEPT_BUFFER {
-            buffer = Vec::new();
+        if batch.buffer.capacity() > KEPT_BUFFER {
+            batch.buffer = Vec::new();
         }
         outlet.finish_writing();
     }
@@ -182,6 +241,58 @@ mod tests {
         (client, Arc::new(write))
     }
 
+    fn settings(max_queue_delay: Duration) -> WriterSettings {
+        WriterSettings {
+            coalesce_window: Duration::ZERO,
+            max_queue_delay,
+            late_frames: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    #[tokio::test]
+    async fn late_audio_is_dropped_and_counted() {
+        let (mut client, write) = connected_pair().await;
+        let (queue, queue_rx) = mpsc::channel(8 + CONTROL_HEADROOM);
+        let outlet = Arc::new(Outlet::new(queue, None));
+        let (close_tx, close_rx) = oneshot::channel();
+        let settings = settings(Duration::from_millis(40));
+        let late_frames = Arc::clone(&settings.late_frames);
+
+        // Queue everything before the writer starts, so one batch takes all.
+        outlet.send_audio(&binary_frame(b"old"), Stamp::now(), false);
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        outlet.push(Outbound::Text("{}".into())).unwrap();
+        outlet.send_audio(&binary_frame(b"new"), Stamp::now(), false);
+        outlet
+            .push(Outbound::Rest(Bytes::from_static(b"rest")))
+            .unwrap();
+        let writer = tokio::spawn(write_loop(
+            write,
+            Arc::clone(&outlet),
+            queue_rx,
+            close_rx,
+            settings,
+            tracing::Span::none(),
+        ));
+
+        let mut received = vec![0; 2 + 2 + 5 + 4];
+        client.read_exact(&mut received).await.unwrap();
+        let expected: &[u8] = &[
+            0x81, 2, b'{', b'}', 0x82, 3, b'n', b'e', b'w', b'r', b'e', b's', b't',
+        ];
+        assert_eq!(received, expected);
+        assert_eq!(outlet.late_frames(), 1);
+        assert_eq!(late_frames.load(Ordering::Relaxed), 1);
+
+        close_tx
+            .send(CloseFrame {
+                code: CloseCode::Normal,
+                reason: "".into(),
+            })
+            .unwrap();
+        writer.await.unwrap();
+    }
+
     #[tokio::test]
     async fn direct_and_queued_frames_keep_order() {
         let (mut client, write) = connected_pair().await;
@@ -193,15 +304,15 @@ mod tests {
             Arc::clone(&outlet),
             queue_rx,
             close_rx,
-            Duration::ZERO,
+            settings(Duration::ZERO),
             tracing::Span::none(),
         ));
 
         // The first frame may go out directly; once a text message waits,
         // audio queues behind it.
-        outlet.send_audio(&binary_frame(b"one"), true);
+        outlet.send_audio(&binary_frame(b"one"), Stamp::now(), true);
         outlet.push(Outbound::Text("{}".into())).unwrap();
-        outlet.send_audio(&binary_frame(b"two"), true);
+        outlet.send_audio(&binary_frame(b"two"), Stamp::now(), true);
         outlet
             .push(Outbound::Pong(Bytes::from_static(b"p")))
             .unwrap();
@@ -231,7 +342,7 @@ mod tests {
         let outlet = Outlet::new(queue, Some(write));
         let frame = binary_frame(b"direct");
         assert_eq!(
-            outlet.send_audio(&frame, true),
+            outlet.send_audio(&frame, Stamp::now(), true),
             crate::session_shared::AudioDelivery::Written
         );
         assert_eq!(outlet.queue_len(), 0);

@@ -131,6 +131,8 @@ async fn floor_control_one_talker() {
     assert_eq!(denied["reason"], "busy");
     assert_eq!(denied["freqId"], 1002);
     b.ping().await;
+    let hub = &relay.relay.as_ref().unwrap().hub;
+    assert_eq!(hub.stats().frames_denied, 5, "every busy frame is counted");
     a.send_audio(freq(1002), b"from-a").await;
     assert_eq!(c.next_binary().await.as_ref()[8..], *b"from-a");
 

@@ -218,8 +218,16 @@ pub struct StatsReply {
     pub frames_in: u64,
     /// Frames handed to listeners since start.
     pub frames_out: u64,
-    /// Frames dropped for slow listeners since start.
+    /// Frames dropped since start because a listener's queue was full.
     pub frames_dropped: u64,
+    /// Frames dropped since start because they waited in a listener's queue
+    /// longer than the relay's `max_queue_delay`.
+    #[serde(default)]
+    pub frames_late: u64,
+    /// Talker frames refused since start: the floor was taken or the sender
+    /// was muted.
+    #[serde(default)]
+    pub frames_denied: u64,
     /// Frames received per second over the last measurement interval.
     pub frames_in_per_sec: f64,
     /// Seconds since the relay started.

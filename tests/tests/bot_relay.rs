@@ -190,6 +190,13 @@ async fn status_and_stats_from_relay() {
         "{}",
         stats.content
     );
+    assert!(
+        stats
+            .content
+            .contains("0 with a full queue, 0 that waited too long"),
+        "{}",
+        stats.content
+    );
     let denied = stack.harness.run(&member(), "radio stats", vec![]).await;
     assert!(
         denied

@@ -297,14 +297,18 @@ pub async fn stats(ctx: Context<'_>) -> Result<(), BotError> {
     let stats: StatsReply = ctx.data().control.request_as(ControlCommand::Stats).await?;
     let text = format!(
         "Relay up {uptime}: {sessions} sessions, {freqs} busy frequencies, {rate:.0} frames/s in.\n\
-         Frames since start: {frames_in} in, {frames_out} out, {dropped} dropped for slow listeners.",
+         Frames since start: {frames_in} in, {frames_out} out, {denied} refused by floor control \
+         or mutes.\n\
+         Dropped for slow listeners: {dropped} with a full queue, {late} that waited too long.",
         uptime = humantime::format_duration(std::time::Duration::from_secs(stats.uptime_secs)),
         sessions = stats.sessions,
         freqs = stats.frequencies,
         rate = stats.frames_in_per_sec,
         frames_in = stats.frames_in,
         frames_out = stats.frames_out,
+        denied = stats.frames_denied,
         dropped = stats.frames_dropped,
+        late = stats.frames_late,
     );
     reply(ctx, text).await
 }
