@@ -49,7 +49,7 @@ pub struct RelayConfig {
     /// Audio frames queued per listener before further frames are dropped.
     /// At 50 frames a second per talker, 32 frames are 640 ms of audio.
     pub queue_depth: usize,
-    /// Longest time an audio frame may wait in a listener's queue. The
+    /// Maximum time an audio frame may wait in a listener's queue. The
     /// writer drops older frames and counts them as late, so an overloaded
     /// relay sheds frames instead of delaying all of them. Zero keeps every
     /// queued frame.
@@ -77,7 +77,8 @@ pub struct RelayConfig {
     pub txlog_queue: usize,
     /// Largest batch of transmission rows written in one transaction.
     pub txlog_batch: usize,
-    /// Tokio worker threads; default one per CPU core.
+    /// Worker threads of each of the relay's two Tokio runtimes: one reads
+    /// from clients and one writes to them. The default is one per CPU core.
     pub worker_threads: Option<usize>,
     /// Reverse proxies whose `X-Forwarded-For` header names the client.
     /// Connections from other addresses are judged by their own address.
@@ -114,7 +115,7 @@ impl Default for RelayConfig {
             preemption: true,
             listener_update_interval: Duration::from_secs(1),
             queue_depth: 32,
-            max_queue_delay: Duration::from_millis(40),
+            max_queue_delay: Duration::from_millis(80),
             coalesce_window: Duration::ZERO,
             send_buffer_bytes: 32 * 1024,
             max_text_bytes: 4096,
@@ -250,8 +251,8 @@ impl RelayConfig {
         check(
             "coalesce_window",
             ms(self.coalesce_window),
-            self.coalesce_window <= Duration::from_millis(20),
-            "use 0 to 20ms",
+            self.coalesce_window <= Duration::from_millis(50),
+            "use 0 to 50ms",
         )?;
         check(
             "max_queue_delay",
@@ -339,8 +340,8 @@ pub struct RelayArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub queue_depth: Option<usize>,
-    /// Longest wait of an audio frame in a listener's queue before it is
-    /// dropped as late, e.g. 40ms; 0 keeps every frame [default: 40ms]
+    /// Maximum wait of an audio frame in a listener's queue before it is
+    /// dropped as late, e.g. 80ms; 0 keeps every frame [default: 80ms]
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_queue_delay: Option<String>,
@@ -349,7 +350,8 @@ pub struct RelayArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub coalesce_window: Option<String>,
-    /// Tokio worker threads [default: one per CPU core]
+    /// Worker threads of the reading and of the writing runtime [default:
+    /// one per CPU core]
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub worker_threads: Option<usize>,

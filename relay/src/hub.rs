@@ -6,8 +6,8 @@
 //! O(1); nothing here scans all sessions except shutdown.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
@@ -148,6 +148,8 @@ pub struct Hub {
     /// Whether the fan-out writes audio straight to idle listeners' sockets;
     /// see [`Hub::update_direct_writes`].
     direct_writes: AtomicBool,
+    /// The runtime of the writer tasks, when it is not the current one.
+    writers: OnceLock<tokio::runtime::Handle>,
 }
 
 /// CPU use, as a share of the cores the relay may use, above which the
@@ -222,6 +224,7 @@ impl Hub {
             dirty: Mutex::new(Vec::new()),
             next_session: AtomicU64::new(1),
             direct_writes: AtomicBool::new(true),
+            writers: OnceLock::new(),
         }
     }
 
@@ -243,6 +246,24 @@ impl Hub {
             );
         }
         next
+    }
+
+    /// Runs the writer tasks of sessions started from now on in the runtime
+    /// of `handle`; see [`crate::WriterRuntime`].
+    pub fn set_writer_runtime(&self, handle: tokio::runtime::Handle) {
+        let _ = self.writers.set(handle);
+    }
+
+    /// Spawns a session's writer task in the writer runtime, or in the
+    /// current runtime when there is none.
+    pub fn spawn_writer<F>(&self, task: F) -> tokio::task::JoinHandle<()>
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        match self.writers.get() {
+            Some(handle) => handle.spawn(task),
+            None => tokio::spawn(task),
+        }
     }
 
     /// Whether the fan-out writes audio directly to idle listeners now.

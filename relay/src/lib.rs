@@ -66,6 +66,9 @@ pub enum StartError {
     /// The control socket could not be created.
     #[error(transparent)]
     Control(#[from] control::ControlError),
+    /// The writer runtime could not be started.
+    #[error("failed to start the writer threads: {0}")]
+    Runtime(std::io::Error),
     /// The address file could not be written.
     #[error("failed to write address file {path}: {source}")]
     AddrFile {
@@ -95,6 +98,48 @@ pub struct Relay {
     done: mpsc::Receiver<()>,
     tasks: Vec<JoinHandle<()>>,
     txlog_writer: TxLogWriter,
+    writer_runtime: WriterRuntime,
+}
+
+/// The runtime that runs the sessions' writer tasks, apart from the one
+/// that reads from clients.
+///
+/// A talker's frame fans out to a hundred or more listeners, so writers far
+/// outnumber readers when they are ready to run. In one runtime a reader
+/// woken by a new frame would wait behind all of them. With the writers on
+/// threads of their own, the operating system's scheduler decides, and it
+/// runs a thread that seldom needs the CPU soon after that thread wakes.
+pub struct WriterRuntime(Option<tokio::runtime::Runtime>);
+
+impl WriterRuntime {
+    /// Starts a runtime with `threads` worker threads.
+    pub fn start(threads: usize) -> std::io::Result<Self> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .thread_name("krt-writer")
+            .enable_all()
+            .build()?;
+        Ok(Self(Some(runtime)))
+    }
+
+    /// Returns a handle for spawning tasks on this runtime.
+    pub fn handle(&self) -> Option<tokio::runtime::Handle> {
+        self.0.as_ref().map(|runtime| runtime.handle().clone())
+    }
+
+    /// Stops the runtime's tasks. Dropping a runtime would block, which is
+    /// not allowed inside another runtime, so its threads end by themselves.
+    fn stop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+impl Drop for WriterRuntime {
+    fn drop(&mut self) {
+        self.stop();
+    }
 }
 
 /// Time sessions get to close before shutdown goes on without them.
@@ -151,6 +196,12 @@ pub async fn start(config: RelayConfig) -> Result<Relay, StartError> {
     let (txlog, txlog_writer) = TxLog::spawn(db.clone(), config.txlog_queue, config.txlog_batch);
     let auth = Authenticator::new(verifier, config.token_cache_capacity);
     let hub = Arc::new(Hub::new(Arc::clone(&config), auth, txlog));
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let writer_runtime =
+        WriterRuntime::start(config.worker_threads.unwrap_or(cpus)).map_err(StartError::Runtime)?;
+    if let Some(handle) = writer_runtime.handle() {
+        hub.set_writer_runtime(handle);
+    }
     let loaded = db::load_state(&db, &hub)
         .await
         .map_err(|source| StartError::Database {
@@ -216,6 +267,7 @@ pub async fn start(config: RelayConfig) -> Result<Relay, StartError> {
         done,
         tasks,
         txlog_writer,
+        writer_runtime,
     })
 }
 
@@ -333,6 +385,7 @@ impl Relay {
         {
             tracing::warn!("sessions did not close in time; continuing shutdown");
         }
+        self.writer_runtime.stop();
 
         self.txlog_writer.finish().await;
         let socket = self.hub.config.control_socket_path();

@@ -44,7 +44,8 @@ pub type Socket = WebSocketStream<ReadSide>;
 const ERROR_BURST: f64 = 16.0;
 /// Error messages the allowance regains per second.
 const ERROR_REFILL_PER_SEC: f64 = 2.0;
-/// Time the writer gets to send the close frame before it is stopped.
+/// Time the writer gets to send the close frame, and the client to reply
+/// with its own, before the connection is dropped.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 /// Runs a connection until it closes.
@@ -91,7 +92,7 @@ async fn run_inner(
         max_queue_delay: hub.config.max_queue_delay,
         late_frames: Arc::clone(&hub.counters.frames_late),
     };
-    let mut writer = tokio::spawn(write_loop(
+    let mut writer = hub.spawn_writer(write_loop(
         write_half,
         Arc::clone(&outlet),
         queue_rx,
@@ -134,10 +135,24 @@ async fn run_inner(
         reason: Utf8Bytes::from(reason.text()),
     };
     let _ = close_tx.send(frame);
-    if tokio::time::timeout(CLOSE_GRACE, &mut writer)
-        .await
-        .is_err()
-    {
+    // Until the client replies with its close frame, its messages are read
+    // and discarded: a socket closed with unread data is reset by the
+    // kernel, and the reset discards what the client has not read yet, the
+    // close frame included.
+    let client_gone = matches!(reason, CloseReason::ClientClosed);
+    let closing = async {
+        let drain = async {
+            if !client_gone {
+                while let Some(Ok(message)) = stream.next().await {
+                    if message.is_close() {
+                        break;
+                    }
+                }
+            }
+        };
+        let _ = tokio::join!(&mut writer, drain);
+    };
+    if tokio::time::timeout(CLOSE_GRACE, closing).await.is_err() {
         writer.abort();
     }
 }

@@ -408,3 +408,23 @@ async fn silent_connections_time_out() {
     assert_eq!(u16::from(close.code), 4000);
     assert!(started.elapsed() < STEP);
 }
+
+#[tokio::test]
+async fn writers_run_on_their_own_threads() {
+    let relay = TestRelay::start().await;
+    let hub = &relay.relay.as_ref().unwrap().hub;
+    let (name_tx, name_rx) = tokio::sync::oneshot::channel();
+    hub.spawn_writer(async move {
+        let _ = name_tx.send(std::thread::current().name().map(str::to_owned));
+    });
+    let name = name_rx.await.unwrap();
+    assert_eq!(name.as_deref(), Some("krt-writer"));
+
+    // Audio still flows between sessions whose writers live there.
+    let mut a = relay.client(1).await;
+    let mut b = relay.client(2).await;
+    a.join(freq(1009)).await;
+    b.join(freq(1009)).await;
+    a.send_audio(freq(1009), b"through-writer").await;
+    assert_eq!(b.next_binary().await.as_ref()[8..], *b"through-writer");
+}
