@@ -147,7 +147,7 @@ scenario_storm() {
 scenario_joins4() {
     local window
     baseline joins4 6 399 600 4
-    for window in 0ms 500us 1ms 2ms; do
+    for window in ${JOINS4_WINDOWS:-0ms 500us 1ms 2ms 5ms 10ms}; do
         start_relay "joins4-$window" --coalesce-window "$window"
         loadgen "joins4-$window" --users 600 --freqs 6 --talkers 6 --joins-per-user 4 \
             --duration "$DURATION"
@@ -170,10 +170,11 @@ scenario_overload() {
         sleep 0.1
     done
     # Talking starts 0.1 s after the log line. The probe starts 1 s before
-    # the overload's talkers stop, so that its window begins soon after they
-    # stop, once it has connected and warmed up for 1 s. The measured offset
-    # is printed below.
+    # the overload's talkers stop, plus PROBE_DELAY_S, and measures after it
+    # has connected and warmed up for 1 s, so that its window begins about a
+    # second after they stop. The measured offset is printed below.
     sleep $((2 + DURATION_S - 1))
+    sleep "${PROBE_DELAY_S:-0.7}"
     echo "== overload probe: $(uptime)" | tee -a "$OUT/overload-probe.txt"
     timeout 60 taskset -c "$LOADGEN_CPU" "$BIN/krt-loadgen" \
         --url "ws://$RELAY_ADDR/voice" --data-dir "$OUT/data-overload" \

@@ -128,6 +128,34 @@ pub struct Outlet {
     late: AtomicU64,
 }
 
+/// Writes as much of `bytes` as the socket's send buffer takes, without
+/// waiting.
+///
+/// This is one `send(2)` on the socket's descriptor. It skips Tokio's
+/// readiness bookkeeping, which a direct write does not need: direct writes
+/// happen only while the writer task waits on its queue rather than on the
+/// socket, and a full buffer sends the frame to that task, whose own write
+/// then finds the socket not ready. In a profile of 600 listeners, Tokio's
+/// write path around the same system call took about 7 % of the samples.
+fn send_now(socket: &OwnedWriteHalf, bytes: &[u8]) -> std::io::Result<usize> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: the descriptor stays open while `socket` is borrowed, and the
+    // pointer and length describe the live slice `bytes`.
+    let sent = unsafe {
+        libc::send(
+            socket.as_ref().as_raw_fd(),
+            bytes.as_ptr().cast(),
+            bytes.len(),
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        )
+    };
+    if sent < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(sent as usize)
+    }
+}
+
 /// Result of offering an audio frame to an outlet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AudioDelivery {
@@ -168,7 +196,7 @@ impl Outlet {
             && !*busy
             && let Some(socket) = &self.socket
         {
-            match socket.try_write(frame) {
+            match send_now(socket, frame) {
                 Ok(written) if written == frame.len() => return AudioDelivery::Written,
                 Ok(written) => {
                     // The queue is empty while not busy, so the rest fits.
