@@ -6,9 +6,10 @@
 //! listeners that cannot keep up, enforces one talker per frequency and logs
 //! transmissions to the database off the audio path.
 //!
-//! [`start`] runs a relay inside the current Tokio runtime and returns a
-//! [`Relay`] handle; the `krt-relay` binary and the integration tests both
-//! use it.
+//! [`start`] runs a relay inside the current Tokio runtime, with the
+//! sessions' writer tasks on a second runtime of their own
+//! ([`WriterRuntime`]), and returns a [`Relay`] handle. The `krt-relay`
+//! binary and the integration tests both use it.
 
 pub mod auth;
 pub mod cli;
@@ -117,7 +118,9 @@ impl WriterRuntime {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(threads)
             .thread_name("krt-writer")
-            .enable_all()
+            // Sockets stay registered with the reading runtime's I/O driver,
+            // so this one needs only timers, for the coalescing window.
+            .enable_time()
             .build()?;
         Ok(Self(Some(runtime)))
     }
