@@ -5,6 +5,8 @@
 //! one reader thread drains every socket. The writer's CPU time per write is
 //! the floor that the kernel sets for one write of one frame: on loopback,
 //! the receive path and the wake-up of the reader are charged to the writer.
+//! Each message starts with the time its talker's tick began, so the reader
+//! also reports the latency that the kernel alone gives this fan-out.
 //!
 //! Run it in the same session as a relay scenario, with the same numbers:
 //!
@@ -23,6 +25,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use krt_tests::loadgen::histogram::AtomicHistogram;
 
 /// Time between two messages of one talker (one 20 ms audio frame).
 const FRAME_INTERVAL: Duration = Duration::from_millis(20);
@@ -58,7 +61,8 @@ struct Args {
     #[arg(long)]
     fanout: Option<usize>,
     /// Message size in bytes; 90 is an 80-byte payload with the 8-byte frame
-    /// header and the 2-byte WebSocket header
+    /// header and the 2-byte WebSocket header. The first 8 bytes carry the
+    /// send time, so at least 8
     #[arg(long, default_value_t = 90)]
     message_bytes: usize,
     /// Length of the measurement window, for example 10s
@@ -95,6 +99,67 @@ struct Report {
     reader_cpu_secs: f64,
     bytes_read: u64,
     late_ticks: u64,
+    /// From the start of a talker's tick to the reader's read of the
+    /// message, for ticks in the window: p50, p99, p99.9 and max, and the
+    /// count.
+    latency_ms: Latency,
+}
+
+/// Latency figures in milliseconds.
+#[derive(Debug, serde::Serialize)]
+struct Latency {
+    p50: f64,
+    p99: f64,
+    p999: f64,
+    max: f64,
+    samples: u64,
+}
+
+/// Size of the send time stamp at the start of each message.
+const STAMP_LEN: usize = 8;
+
+/// What the reader needs to time the messages.
+struct Timing {
+    /// The writer's time base; stamps are nanoseconds since it.
+    begin: Instant,
+    /// Stamps in this range count.
+    window_ns: std::ops::Range<u64>,
+    message_bytes: usize,
+    latency: AtomicHistogram,
+}
+
+/// Position of one socket's reader in the current message.
+#[derive(Clone, Copy, Default)]
+struct Partial {
+    offset: usize,
+    stamp: [u8; STAMP_LEN],
+}
+
+impl Partial {
+    /// Consumes `bytes` read at `now_ns` and records every message they
+    /// complete.
+    fn feed(&mut self, bytes: &[u8], now_ns: u64, timing: &Timing) {
+        let mut rest = bytes;
+        while !rest.is_empty() {
+            if self.offset < STAMP_LEN {
+                let take = (STAMP_LEN - self.offset).min(rest.len());
+                self.stamp[self.offset..self.offset + take].copy_from_slice(&rest[..take]);
+                self.offset += take;
+                rest = &rest[take..];
+                continue;
+            }
+            let take = (timing.message_bytes - self.offset).min(rest.len());
+            self.offset += take;
+            rest = &rest[take..];
+            if self.offset == timing.message_bytes {
+                let sent = u64::from_be_bytes(self.stamp);
+                if timing.window_ns.contains(&sent) {
+                    timing.latency.record(now_ns.saturating_sub(sent));
+                }
+                self.offset = 0;
+            }
+        }
+    }
 }
 
 fn pin_to_cpu(cpu: usize) -> io::Result<()> {
@@ -147,6 +212,7 @@ fn read_all(
     cpu: Option<usize>,
     stop: Arc<AtomicBool>,
     bytes: Arc<AtomicU64>,
+    timing: Arc<Timing>,
 ) -> io::Result<f64> {
     use std::os::fd::AsRawFd;
 
@@ -174,6 +240,7 @@ fn read_all(
     let start = thread_cpu();
     let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; EPOLL_BATCH];
     let mut buffer = [0u8; 4096];
+    let mut partials = vec![Partial::default(); readers.len()];
     let mut readers = readers;
     while !stop.load(Ordering::Relaxed) {
         // SAFETY: the buffer holds EPOLL_BATCH events.
@@ -187,12 +254,15 @@ fn read_all(
             return Err(error);
         }
         for event in &events[..ready as usize] {
-            let reader = &mut readers[event.u64 as usize];
+            let index = event.u64 as usize;
+            let reader = &mut readers[index];
             loop {
                 match reader.read(&mut buffer) {
                     Ok(0) => break,
                     Ok(n) => {
                         bytes.fetch_add(n as u64, Ordering::Relaxed);
+                        let now_ns = timing.begin.elapsed().as_nanos() as u64;
+                        partials[index].feed(&buffer[..n], now_ns, &timing);
                     }
                     Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
                     Err(error) => return Err(error),
@@ -239,9 +309,9 @@ fn run(args: &Args) -> Result<Report, String> {
             "invalid --fanout {fanout}: a talker's group has only {per_group} sockets"
         ));
     }
-    if args.message_bytes == 0 || args.message_bytes > 65_536 {
+    if args.message_bytes < STAMP_LEN || args.message_bytes > 65_536 {
         return Err(format!(
-            "invalid --message-bytes {}: use 1 to 65536",
+            "invalid --message-bytes {}: use {STAMP_LEN} to 65536",
             args.message_bytes
         ));
     }
@@ -250,9 +320,18 @@ fn run(args: &Args) -> Result<Report, String> {
         .map_err(|e| format!("failed to open {} loopback connections: {e}", args.sockets))?;
     let stop = Arc::new(AtomicBool::new(false));
     let bytes = Arc::new(AtomicU64::new(0));
+    let begin = Instant::now();
+    let window_start_ns = args.warmup.as_nanos() as u64;
+    let timing = Arc::new(Timing {
+        begin,
+        window_ns: window_start_ns..window_start_ns + args.duration.as_nanos() as u64,
+        message_bytes: args.message_bytes,
+        latency: AtomicHistogram::new(),
+    });
     let reader = {
         let (stop, bytes, cpu) = (Arc::clone(&stop), Arc::clone(&bytes), args.reader_cpu);
-        thread::spawn(move || read_all(readers, cpu, stop, bytes))
+        let timing = Arc::clone(&timing);
+        thread::spawn(move || read_all(readers, cpu, stop, bytes, timing))
     };
     if let Some(cpu) = args.writer_cpu {
         pin_to_cpu(cpu).map_err(|e| format!("failed to pin the writer to CPU {cpu}: {e}"))?;
@@ -264,9 +343,8 @@ fn run(args: &Args) -> Result<Report, String> {
         .into_iter()
         .map(|group| group.into_iter().take(fanout).collect())
         .collect();
-    let message = vec![0x5au8; args.message_bytes];
+    let mut message = vec![0x5au8; args.message_bytes];
     let tick = FRAME_INTERVAL / args.talkers as u32;
-    let begin = Instant::now();
     let window_start = begin + args.warmup;
     let window_end = window_start + args.duration;
     let mut next = begin;
@@ -286,6 +364,8 @@ fn run(args: &Args) -> Result<Report, String> {
         if next >= window_end {
             break;
         }
+        let stamp = begin.elapsed().as_nanos() as u64;
+        message[..STAMP_LEN].copy_from_slice(&stamp.to_be_bytes());
         for &socket in &groups[talker] {
             writers[socket]
                 .write_all(&message)
@@ -311,6 +391,8 @@ fn run(args: &Args) -> Result<Report, String> {
 
     let user = cpu_end.0 - user_start;
     let sys = cpu_end.1 - sys_start;
+    let latency = timing.latency.snapshot();
+    let ms = |q: f64| latency.quantile(q).map_or(0.0, |ns| ns as f64 / 1e6);
     Ok(Report {
         sockets: args.sockets,
         talkers: args.talkers,
@@ -330,6 +412,13 @@ fn run(args: &Args) -> Result<Report, String> {
         reader_cpu_secs,
         bytes_read: bytes.load(Ordering::Relaxed),
         late_ticks,
+        latency_ms: Latency {
+            p50: ms(0.5),
+            p99: ms(0.99),
+            p999: ms(0.999),
+            max: latency.max() as f64 / 1e6,
+            samples: latency.count(),
+        },
     })
 }
 
@@ -352,6 +441,11 @@ fn print_table(report: &Report) {
     println!(
         "reader               {:.3} s CPU, {} bytes read in all",
         report.reader_cpu_secs, report.bytes_read
+    );
+    let latency = &report.latency_ms;
+    println!(
+        "latency ms           p50 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}  ({} messages)",
+        latency.p50, latency.p99, latency.p999, latency.max, latency.samples
     );
 }
 
@@ -379,6 +473,31 @@ fn main() -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn split_messages_are_timed_once() {
+        let timing = Timing {
+            begin: Instant::now(),
+            window_ns: 0..1_000,
+            message_bytes: 12,
+            latency: AtomicHistogram::new(),
+        };
+        let mut first = 500u64.to_be_bytes().to_vec();
+        first.extend_from_slice(&[0; 4]);
+        let mut second = 2_000u64.to_be_bytes().to_vec();
+        second.extend_from_slice(&[0; 4]);
+        let stream = [first, second].concat();
+        let mut partial = Partial::default();
+        // Reads cut through the stamp and through the padding.
+        partial.feed(&stream[..3], 900, &timing);
+        partial.feed(&stream[3..15], 900, &timing);
+        partial.feed(&stream[15..], 2_100, &timing);
+        let latency = timing.latency.snapshot();
+        // The second stamp lies outside the window.
+        assert_eq!(latency.count(), 1);
+        assert_eq!(latency.max(), 400);
+        assert_eq!(partial.offset, 0);
+    }
 
     #[test]
     fn groups_follow_talker_layout() {
