@@ -52,7 +52,9 @@ pub struct RelayConfig {
     /// Maximum time an audio frame may wait in a listener's queue. The
     /// writer drops older frames and counts them as late, so an overloaded
     /// relay sheds frames instead of delaying all of them. Zero keeps every
-    /// queued frame.
+    /// queued frame. A nonzero limit is at least 10 ms. Every queued frame
+    /// waits out the coalescing window first, so the limit is also at least
+    /// one frame interval (20 ms) above that window.
     #[serde(with = "duration_text")]
     pub max_queue_delay: Duration,
     /// Wait after a listener's first queued frame before writing, so that
@@ -203,7 +205,7 @@ impl RelayConfig {
                 })
             }
         }
-        let ms = |d: Duration| format!("{}ms", d.as_millis());
+        let ms = |d: Duration| humantime::format_duration(d).to_string();
         check(
             "max_sessions_per_user",
             self.max_sessions_per_user,
@@ -258,9 +260,10 @@ impl RelayConfig {
             "max_queue_delay",
             ms(self.max_queue_delay),
             self.max_queue_delay.is_zero()
-                || (self.max_queue_delay > self.coalesce_window
+                || (self.max_queue_delay >= MIN_QUEUE_DELAY
+                    && self.max_queue_delay >= self.coalesce_window + FRAME_INTERVAL
                     && self.max_queue_delay <= Duration::from_secs(10)),
-            "use 0 (off), or more than coalesce_window and at most 10s",
+            "use \"0s\" (off), or 10ms to 10s and at least coalesce_window + 20ms",
         )?;
         check(
             "txlog_batch",
@@ -294,6 +297,10 @@ impl RelayConfig {
 
 /// Slots of a session queue kept free for control messages.
 pub const CONTROL_HEADROOM: usize = 32;
+/// Smallest nonzero `max_queue_delay`.
+const MIN_QUEUE_DELAY: Duration = Duration::from_millis(10);
+/// Time between two audio frames of one talker.
+const FRAME_INTERVAL: Duration = Duration::from_millis(20);
 
 /// Command-line options of `krt-relay`. Each also comes from the config file
 /// (same name in snake_case) and from `KRT_NAME` environment variables.
@@ -341,7 +348,7 @@ pub struct RelayArgs {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub queue_depth: Option<usize>,
     /// Maximum wait of an audio frame in a listener's queue before it is
-    /// dropped as late, e.g. 80ms; 0 keeps every frame [default: 80ms]
+    /// dropped as late, e.g. 80ms; 0s keeps every frame [default: 80ms]
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_queue_delay: Option<String>,
@@ -472,15 +479,24 @@ mod tests {
         let err = load_config(None, Serialized::defaults(&args)).unwrap_err();
         assert!(err.to_string().contains("queue_depth = 0"), "{err}");
 
-        // Every queued frame waits out the coalescing window, so a shorter
-        // delay limit would drop them all.
+        // Every queued frame waits out the coalescing window, so a delay
+        // limit less than one frame interval above it would drop many.
+        for (window, delay) in [("2ms", "1ms"), ("0s", "5ms"), ("20ms", "30ms")] {
+            let args = RelayArgs {
+                coalesce_window: Some(window.into()),
+                max_queue_delay: Some(delay.into()),
+                ..Default::default()
+            };
+            let err = load_config(None, Serialized::defaults(&args)).unwrap_err();
+            let expected = format!("max_queue_delay = {delay}");
+            assert!(err.to_string().contains(&expected), "{err}");
+        }
         let args = RelayArgs {
-            coalesce_window: Some("2ms".into()),
-            max_queue_delay: Some("1ms".into()),
+            coalesce_window: Some("20ms".into()),
+            max_queue_delay: Some("40ms".into()),
             ..Default::default()
         };
-        let err = load_config(None, Serialized::defaults(&args)).unwrap_err();
-        assert!(err.to_string().contains("max_queue_delay = 1ms"), "{err}");
+        assert!(load_config(None, Serialized::defaults(&args)).is_ok());
 
         let args = RelayArgs {
             coalesce_window: Some("2ms".into()),

@@ -216,7 +216,8 @@ pub struct StatsReply {
     pub frequencies: u64,
     /// Frames received from talkers since start.
     pub frames_in: u64,
-    /// Frames handed to listeners since start.
+    /// Frames handed to listeners since start, written at once or queued;
+    /// queued ones may still be dropped as late.
     pub frames_out: u64,
     /// Frames dropped since start because a listener's queue was full.
     pub frames_dropped: u64,

@@ -23,14 +23,7 @@ struct Relay {
 impl Relay {
     fn start() -> Relay {
         let dir = tempfile::tempdir().expect("temporary directory");
-        // These tests require every frame, from a debug build on a machine
-        // that runs other tests at the same time, so the relay keeps queued
-        // frames however late they are.
-        let process = RelayProcess::start_with_args(
-            &dir.path().join("data"),
-            dir.path(),
-            &["--max-queue-delay", "0s"],
-        );
+        let process = RelayProcess::start(&dir.path().join("data"), dir.path());
         let url = process.url.clone();
         Relay { process, url, dir }
     }
