@@ -173,3 +173,18 @@ async fn slow_http_headers_are_cut_off() {
     // Other clients are served meanwhile.
     let _client = relay.client(1).await;
 }
+
+#[tokio::test]
+async fn database_files_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let relay = TestRelay::start().await;
+    // The migrations at start write, so the WAL file exists too.
+    for name in ["krt.db", "krt.db-wal"] {
+        let path = relay.dir.path().join(name);
+        let mode = std::fs::metadata(&path)
+            .unwrap_or_else(|err| panic!("{}: {err}", path.display()))
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{name}");
+    }
+}

@@ -120,6 +120,32 @@ pub fn ensure_keys(dir: &Path) -> Result<KeyStatus, KeyFileError> {
     Ok(status)
 }
 
+/// Returns the SQLite file named by `url` when SQLite may create it
+/// (`sqlite://PATH?mode=rwc`), or `None` for other URLs.
+pub fn sqlite_file_to_create(url: &str) -> Option<PathBuf> {
+    let rest = url.strip_prefix("sqlite://")?;
+    let (path, query) = rest.split_once('?')?;
+    let creates = query.split('&').any(|pair| pair == "mode=rwc");
+    (creates && !path.is_empty() && path != ":memory:").then(|| PathBuf::from(path))
+}
+
+/// Creates `path` as an empty file that only its owner may read and write,
+/// unless it exists. SQLite accepts an empty file as a new database and
+/// gives its WAL and shared-memory files the same mode, so rows and
+/// pseudonymous ids stay private even outside a private directory.
+pub fn create_private_file(path: &Path) -> std::io::Result<()> {
+    match fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => Ok(()),
+        Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(err) => Err(err),
+    }
+}
+
 /// Loads the token signer from `dir/signing.key`.
 pub fn load_signer(dir: &Path) -> Result<TokenSigner, KeyFileError> {
     let path = dir.join(SIGNING_KEY_FILE);
@@ -195,6 +221,31 @@ fn write_public(path: &Path, text: &str) -> Result<(), KeyFileError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sqlite_url_names_file_to_create() {
+        assert_eq!(
+            sqlite_file_to_create("sqlite:///var/lib/krt/krt.db?mode=rwc"),
+            Some(PathBuf::from("/var/lib/krt/krt.db"))
+        );
+        assert_eq!(
+            sqlite_file_to_create("sqlite://./data/krt.db?mode=ro"),
+            None
+        );
+        assert_eq!(sqlite_file_to_create("sqlite::memory:"), None);
+        assert_eq!(sqlite_file_to_create("postgres://krt@localhost/krt"), None);
+    }
+
+    #[test]
+    fn private_file_is_created_once() {
+        let path = temp_dir("sqlite").join("krt.db");
+        create_private_file(&path).unwrap();
+        let mode = fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        fs::write(&path, b"kept").unwrap();
+        create_private_file(&path).unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"kept");
+    }
 
     fn temp_dir(name: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!(
