@@ -131,9 +131,13 @@ async fn kick_closes_live_session_within_a_second() {
     assert!(close.reason.contains("spamming"));
     bystander.ping().await;
 
-    // Tokens issued up to the cut-off no longer log in; later ones do.
+    // Tokens issued up to the cut-off no longer log in; later ones do. The
+    // old token's issue time is set, not read from the clock, so that a
+    // second boundary passed during the test does not make it "later".
+    let mut old_claims = relay.claims(1, 0, krt_shared::FreqSet::all());
+    old_claims.iat = before;
     let mut old = common::Client::connect(&relay.url()).await;
-    old.send_json(json!({"type": "auth", "authToken": relay.token(1)}))
+    old.send_json(json!({"type": "auth", "authToken": relay.signer.sign(&old_claims)}))
         .await;
     let reply = old.next_json().await;
     assert_eq!(reply["type"], "auth_error");
