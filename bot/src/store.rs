@@ -51,14 +51,8 @@ pub async fn open(url: &str) -> Result<DatabaseConnection, StoreError> {
         url: shown_url.clone(),
         source,
     };
-    if let Some(path) = krt_shared::keyfile::sqlite_file_to_create(url) {
-        krt_shared::keyfile::create_private_file(&path).map_err(|err| {
-            open_error(sea_orm::DbErr::Custom(format!(
-                "failed to create {}: {err}",
-                path.display()
-            )))
-        })?;
-    }
+    krt_shared::keyfile::create_private_sqlite_file(url)
+        .map_err(|err| open_error(sea_orm::DbErr::Custom(err.to_string())))?;
     let mut options = ConnectOptions::new(url.to_owned());
     options.sqlx_logging(false);
     let db = Database::connect(options).await.map_err(open_error)?;

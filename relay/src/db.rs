@@ -15,10 +15,8 @@ use crate::hub::{Hub, wall_ms};
 /// Connects, switches SQLite to WAL mode and applies migrations.
 pub async fn connect(config: &RelayConfig) -> Result<DatabaseConnection, DbErr> {
     let url = config.database_url();
-    if let Some(path) = krt_shared::keyfile::sqlite_file_to_create(&url) {
-        krt_shared::keyfile::create_private_file(&path)
-            .map_err(|err| DbErr::Custom(format!("failed to create {}: {err}", path.display())))?;
-    }
+    krt_shared::keyfile::create_private_sqlite_file(&url)
+        .map_err(|err| DbErr::Custom(err.to_string()))?;
     let mut options = ConnectOptions::new(url);
     options.sqlx_logging(false);
     let db = Database::connect(options).await?;

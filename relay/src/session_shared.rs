@@ -131,12 +131,13 @@ pub struct Outlet {
 /// Writes as much of `bytes` as the socket's send buffer takes, without
 /// waiting.
 ///
-/// This is one `send(2)` on the socket's descriptor. It skips Tokio's
-/// readiness bookkeeping, which a direct write does not need: direct writes
-/// happen only while the writer task waits on its queue rather than on the
-/// socket, and a full buffer sends the frame to that task, whose own write
-/// then finds the socket not ready. In a profile of 600 listeners, Tokio's
-/// write path around the same system call took about 7 % of the samples.
+/// This is one `send(2)` on the socket's descriptor, without Tokio's
+/// readiness bookkeeping. A direct write does not need it, because direct
+/// writes happen only while the writer task waits on its queue rather than
+/// on the socket. A full buffer sends the frame to that task, whose own
+/// write then finds the socket not ready. In a profile of 600 listeners,
+/// Tokio's write path around the same system call took about 7 % of the
+/// samples.
 fn send_now(socket: &OwnedWriteHalf, bytes: &[u8]) -> std::io::Result<usize> {
     use std::os::fd::AsRawFd;
     // SAFETY: the descriptor stays open while `socket` is borrowed, and the

@@ -1,4 +1,5 @@
-//! Key files in the data directory.
+//! Key files in the data directory, and the private creation of the SQLite
+//! database file there.
 //!
 //! This is the one module of the crate that touches the file system. Both
 //! processes read the same data directory, so the file names and formats
@@ -122,18 +123,33 @@ pub fn ensure_keys(dir: &Path) -> Result<KeyStatus, KeyFileError> {
 
 /// Returns the SQLite file named by `url` when SQLite may create it
 /// (`sqlite://PATH?mode=rwc`), or `None` for other URLs.
-pub fn sqlite_file_to_create(url: &str) -> Option<PathBuf> {
+fn sqlite_file_to_create(url: &str) -> Option<PathBuf> {
     let rest = url.strip_prefix("sqlite://")?;
     let (path, query) = rest.split_once('?')?;
     let creates = query.split('&').any(|pair| pair == "mode=rwc");
     (creates && !path.is_empty() && path != ":memory:").then(|| PathBuf::from(path))
 }
 
+/// Creates the SQLite file of `url`, if SQLite may create it and it does not
+/// exist yet, as an empty file that only its owner may read and write. The
+/// error names the file.
+pub fn create_private_sqlite_file(url: &str) -> std::io::Result<()> {
+    let Some(path) = sqlite_file_to_create(url) else {
+        return Ok(());
+    };
+    create_private_file(&path).map_err(|err| {
+        std::io::Error::new(
+            err.kind(),
+            format!("failed to create {}: {err}", path.display()),
+        )
+    })
+}
+
 /// Creates `path` as an empty file that only its owner may read and write,
 /// unless it exists. SQLite accepts an empty file as a new database and
 /// gives its WAL and shared-memory files the same mode, so rows and
 /// pseudonymous ids stay private even outside a private directory.
-pub fn create_private_file(path: &Path) -> std::io::Result<()> {
+fn create_private_file(path: &Path) -> std::io::Result<()> {
     match fs::OpenOptions::new()
         .write(true)
         .create_new(true)
