@@ -4,6 +4,9 @@
 #   bench/run.sh [SCENARIO...]     (default: every scenario)
 #
 # Scenarios: baseline event contenders ramp idle slow storm joins4 overload.
+# A scenario named twice runs twice. Each event run prints the relay's CPU
+# per frame over the baseline's CPU per write, and the last line gives the
+# median of those ratios.
 # The relay runs pinned to CPU 0 (taskset -c 0) and the load generator to
 # CPU 1 (taskset -c 1). Each scenario starts its own relay with a fresh data
 # directory under $OUT/data-*, stops it by process id, and writes the
@@ -87,21 +90,48 @@ log_time() {
 }
 
 # baseline NAME TALKERS FANOUT [SOCKETS [JOINS]]: the bare TCP floor for a
-# layout.
+# layout. Leaves the CPU per write in BASELINE_US.
+BASELINE_US=""
 baseline() {
     local name=$1 talkers=$2 fanout=$3 sockets=${4:-600} joins=${5:-1}
     echo "== baseline for $name: $(uptime)" | tee -a "$OUT/$name.txt"
     timeout 120 "$BIN/krt-tcp-baseline" --sockets "$sockets" --talkers "$talkers" \
         --joins "$joins" --fanout "$fanout" --duration "$DURATION" \
-        --writer-cpu "$RELAY_CPU" --reader-cpu "$LOADGEN_CPU" | tee -a "$OUT/$name.txt"
+        --writer-cpu "$RELAY_CPU" --reader-cpu "$LOADGEN_CPU" | tee "$OUT/last-baseline.txt" \
+        | tee -a "$OUT/$name.txt"
+    BASELINE_US=$(awk '/^writer CPU/ { print $(NF-3) }' "$OUT/last-baseline.txt")
 }
 
+# The relay's CPU per delivered frame in the last report of NAME.
+relay_us() {
+    awk '/^relay CPU/ { us = $(NF-6) } END { print us }' "$OUT/$1.txt"
+}
+
+# The baseline runs right before and right after the relay, and the ratio
+# uses their mean, since the kernel's cost per write drifts on a shared host.
 scenario_event() {
     baseline event 6 99
+    local before=$BASELINE_US
     start_relay event
     loadgen event --users 600 --freqs 6 --talkers 6 --duration "$DURATION"
     stop_relay
     baseline event 6 99
+    local relay
+    relay=$(relay_us event)
+    echo "$relay $before $BASELINE_US" | awk '{
+        printf "ratio %.2f (relay %s us per frame, baseline %s and %s us per write)\n",
+            $1 / (($2 + $3) / 2), $1, $2, $3 }' | tee -a "$OUT/event.txt" "$OUT/ratios.txt"
+}
+
+# Prints the median of the ratios of this invocation's event runs.
+ratio_median() {
+    [[ -s "$OUT/ratios.txt" ]] || return 0
+    awk '{ print $2 }' "$OUT/ratios.txt" | sort -n | awk '
+        { r[NR] = $1 }
+        END {
+            m = NR % 2 ? r[(NR + 1) / 2] : (r[NR / 2] + r[NR / 2 + 1]) / 2
+            printf "event ratios: %d runs, median %.2f, from %.2f to %.2f\n", NR, m, r[1], r[NR]
+        }' | tee -a "$OUT/event.txt"
 }
 
 scenario_contenders() {
@@ -197,6 +227,8 @@ scenarios=("$@")
 if [[ ${#scenarios[@]} -eq 0 ]]; then
     scenarios=(event contenders ramp idle slow storm joins4 overload)
 fi
+rm -f "$OUT/ratios.txt"
 for scenario in "${scenarios[@]}"; do
     "scenario_$scenario"
 done
+ratio_median

@@ -654,12 +654,13 @@ impl Session {
         }
         self.joined.clear();
         self.conn.hub.unregister(&self.shared);
+        let (frames_out, drops) = self.shared.audio_counts();
         tracing::info!(
             reason = reason.label(),
             detail = %reason.text(),
             frames_in = self.frames_in,
-            frames_out = self.shared.frames_out.load(Ordering::Relaxed),
-            drops = self.shared.drops.load(Ordering::Relaxed),
+            frames_out,
+            drops,
             late = self.conn.outlet.late_frames(),
             secs = self.shared.connected.elapsed().as_secs(),
             "session ended"

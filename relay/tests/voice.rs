@@ -252,12 +252,7 @@ async fn slow_listener_does_not_delay_others() {
         "stalled listener drops frames: {stats:?}"
     );
     let stalled_session = hub.sessions_of(&relay.user(3)).pop().unwrap();
-    let queued = stalled_session
-        .frames_out
-        .load(std::sync::atomic::Ordering::Relaxed);
-    let drops = stalled_session
-        .drops
-        .load(std::sync::atomic::Ordering::Relaxed);
+    let (queued, drops) = stalled_session.audio_counts();
     assert_eq!(queued + drops, FRAMES);
     assert!(drops > 0);
     assert!(stalled_session.queue_len() <= hub.config.queue_capacity());
