@@ -120,6 +120,9 @@ pub enum ConfigError {
         /// Hint on a valid value.
         hint: &'static str,
     },
+    /// The config file has keys that are not settings.
+    #[error("{file}: {unknown}", file = .0.display(), unknown = .1)]
+    UnknownKeys(std::path::PathBuf, krt_shared::settings::UnknownKeys),
     /// The config file is missing, unreadable or not valid TOML, or a value
     /// has the wrong type.
     #[error("invalid configuration: {0}")]
@@ -148,6 +151,7 @@ impl RawConfig {
                     hint: "the config file does not exist: check the path",
                 });
             }
+            reject_unknown_keys(path)?;
             figment = figment.merge(Toml::file(path));
         }
         figment
@@ -281,6 +285,16 @@ fn nonzero(key: &'static str, value: Option<u32>, default: u32) -> Result<NonZer
     NonZeroU32::new(value).ok_or_else(|| invalid(key, "0", "use a number of at least 1"))
 }
 
+/// Rejects the config file at `path` when a top-level key is not a
+/// setting. A file that does not parse passes here and fails in the merge.
+fn reject_unknown_keys(path: &Path) -> Result<(), ConfigError> {
+    let Ok(table) = Figment::from(Toml::file(path)).extract::<figment::value::Dict>() else {
+        return Ok(());
+    };
+    krt_shared::settings::check_keys::<RawConfig>(table.into_keys())
+        .map_err(|unknown| ConfigError::UnknownKeys(path.to_owned(), unknown))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -307,6 +321,22 @@ mod tests {
         assert_eq!(config.flushes_per_second.get(), 4);
         assert!(config.open_unconfigured);
         assert!(config.discord_api_base.is_none());
+    }
+
+    #[test]
+    fn unknown_file_keys_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bot.toml");
+        std::fs::write(&path, "guild_id = 42\nguild = 42\n").unwrap();
+        let message = RawConfig::load(Some(&path), &RawConfig::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            message.contains("bot.toml: unknown setting guild:"),
+            "{message}"
+        );
+        assert!(message.contains("bot.toml"), "{message}");
+        assert!(message.contains("guild_id, "), "{message}");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Relay settings from defaults, a TOML file, `KRT_` environment variables
 //! and the command line, in rising order of precedence.
 
+use std::borrow::Cow;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -153,8 +154,11 @@ pub enum ConfigError {
         /// Rejected value.
         value: String,
         /// The accepted range.
-        expected: &'static str,
+        expected: Cow<'static, str>,
     },
+    /// The config file has keys that are not settings.
+    #[error("{file}: {unknown}", file = .0.display(), unknown = .1)]
+    UnknownKeys(PathBuf, krt_shared::settings::UnknownKeys),
     /// The config file named on the command line is not a readable file.
     #[error("config file {0} not found or not a file: check the --config path")]
     MissingFile(PathBuf),
@@ -193,7 +197,7 @@ impl RelayConfig {
             name: &'static str,
             value: T,
             ok: bool,
-            expected: &'static str,
+            expected: impl Into<Cow<'static, str>>,
         ) -> Result<(), ConfigError> {
             if ok {
                 Ok(())
@@ -201,7 +205,7 @@ impl RelayConfig {
                 Err(ConfigError::Range {
                     name,
                     value: value.to_string(),
-                    expected,
+                    expected: expected.into(),
                 })
             }
         }
@@ -263,7 +267,10 @@ impl RelayConfig {
                 || (self.max_queue_delay >= MIN_QUEUE_DELAY
                     && self.max_queue_delay >= self.coalesce_window + FRAME_INTERVAL
                     && self.max_queue_delay <= Duration::from_secs(10)),
-            "use \"0s\" (off), or 10ms to 10s and at least coalesce_window + 20ms",
+            format!(
+                "use \"0s\" (off), or 10ms to 10s and at least coalesce_window ({}) + 20ms",
+                ms(self.coalesce_window)
+            ),
         )?;
         check(
             "txlog_batch",
@@ -384,6 +391,7 @@ fn load_config(
         if !path.is_file() {
             return Err(ConfigError::MissingFile(path.to_owned()));
         }
+        reject_unknown_keys(path)?;
         figment = figment.merge(Toml::file(path));
     }
     let config: RelayConfig = figment
@@ -393,6 +401,16 @@ fn load_config(
         .map_err(|err| ConfigError::Parse(describe(&err)))?;
     config.validate()?;
     Ok(config)
+}
+
+/// Rejects the config file at `path` when a top-level key is not a
+/// setting. A file that does not parse passes here and fails in the merge.
+fn reject_unknown_keys(path: &Path) -> Result<(), ConfigError> {
+    let Ok(table) = Figment::from(Toml::file(path)).extract::<figment::value::Dict>() else {
+        return Ok(());
+    };
+    krt_shared::settings::check_keys::<RelayConfig>(table.into_keys())
+        .map_err(|unknown| ConfigError::UnknownKeys(path.to_owned(), unknown))
 }
 
 /// Names the setting and the problem, without figment's source locations.
@@ -490,6 +508,8 @@ mod tests {
             let err = load_config(None, Serialized::defaults(&args)).unwrap_err();
             let expected = format!("max_queue_delay = {delay}");
             assert!(err.to_string().contains(&expected), "{err}");
+            let window_named = format!("coalesce_window ({window})");
+            assert!(err.to_string().contains(&window_named), "{err}");
         }
         let args = RelayArgs {
             coalesce_window: Some("20ms".into()),
@@ -504,6 +524,19 @@ mod tests {
             ..Default::default()
         };
         assert!(load_config(None, Serialized::defaults(&args)).is_ok());
+    }
+
+    #[test]
+    fn unknown_file_keys_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("relay.toml");
+        std::fs::write(&path, "queue_depth = 64\nqueue_dpeth = 16\n").unwrap();
+        let err =
+            load_config(Some(&path), Serialized::defaults(&RelayArgs::default())).unwrap_err();
+        let message = err.to_string();
+        assert!(message.contains("unknown setting queue_dpeth"), "{message}");
+        assert!(message.contains("relay.toml"), "{message}");
+        assert!(message.contains("queue_depth, "), "{message}");
     }
 
     #[test]

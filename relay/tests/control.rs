@@ -103,7 +103,25 @@ async fn bad_control_requests_change_nothing() {
     let (_, names) = http_get(&relay, "/freq/names").await;
     assert_eq!(names, json!({}), "a rejected sync must change nothing");
 
-    let reply = control.request(json!({"id": 8, "op": "stats"})).await;
+    let user = relay.user(1).to_string();
+    let reply = control
+        .request(json!({"id": 8, "op": "assign", "changes": [
+            {"user_id": user, "freqs": [[1600, 1600]]},
+            {"user_id": user, "freqs": [[1700, 1600]]}
+        ]}))
+        .await;
+    assert_eq!(reply["ok"], false);
+    let error = reply["error"].as_str().unwrap();
+    assert!(error.contains("1700-1600"), "{error}");
+    let mut client = common::Client::connect(&relay.url()).await;
+    client.auth(&relay.token_with(1, 0, "1000")).await;
+    client
+        .send_json(json!({"type": "join", "freqId": 1600}))
+        .await;
+    let rejected = client.expect_type("join_error").await;
+    assert_eq!(rejected["freqId"], 1600, "a rejected assign grants nothing");
+
+    let reply = control.request(json!({"id": 9, "op": "stats"})).await;
     assert_eq!(reply["ok"], true, "connection survives bad requests");
 }
 

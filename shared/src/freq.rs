@@ -103,7 +103,7 @@ impl<'de> Deserialize<'de> for FreqId {
 /// Tokens carry one of these, so "every frequency" costs two numbers instead
 /// of nine thousand. Serialized as a list of `[first, last]` pairs.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(from = "Vec<(FreqId, FreqId)>", into = "Vec<(FreqId, FreqId)>")]
+#[serde(try_from = "Vec<(FreqId, FreqId)>", into = "Vec<(FreqId, FreqId)>")]
 pub struct FreqSet {
     ranges: Vec<(FreqId, FreqId)>,
 }
@@ -196,9 +196,15 @@ impl FreqSet {
     }
 }
 
-impl From<Vec<(FreqId, FreqId)>> for FreqSet {
-    fn from(ranges: Vec<(FreqId, FreqId)>) -> Self {
-        Self::from_ranges(ranges)
+/// Reads the pairs of a serialized set, which must each be in order.
+impl TryFrom<Vec<(FreqId, FreqId)>> for FreqSet {
+    type Error = InvalidFreqSet;
+
+    fn try_from(ranges: Vec<(FreqId, FreqId)>) -> Result<Self, Self::Error> {
+        if let Some(&(first, last)) = ranges.iter().find(|(first, last)| first > last) {
+            return Err(InvalidFreqSet::Reversed { first, last });
+        }
+        Ok(Self::from_ranges(ranges))
     }
 }
 
@@ -327,5 +333,7 @@ mod tests {
         let back: FreqSet = serde_json::from_str(&json).unwrap();
         assert_eq!(back, all);
         assert!(serde_json::from_str::<FreqSet>("[[1,2]]").is_err());
+        let reversed = serde_json::from_str::<FreqSet>("[[1100,1000]]").unwrap_err();
+        assert!(reversed.to_string().contains("1100-1000"), "{reversed}");
     }
 }

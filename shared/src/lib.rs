@@ -11,6 +11,7 @@ pub mod frame;
 pub mod freq;
 pub mod keyfile;
 pub mod protocol;
+pub mod settings;
 pub mod token;
 pub mod user;
 

@@ -1,0 +1,125 @@
+//! Checks that the settings files of the bot and the relay share.
+
+use std::fmt;
+
+use serde::Deserialize;
+use serde::de::{self, Deserializer, Visitor};
+
+/// Keys of a settings file that are not settings.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "unknown setting {}: check the spelling; the settings are {}",
+    .keys.join(", "),
+    .known.join(", ")
+)]
+pub struct UnknownKeys {
+    /// The unknown keys, in the order given.
+    pub keys: Vec<String>,
+    /// Every setting.
+    pub known: &'static [&'static str],
+}
+
+/// Checks that every key of `keys` is a field of the settings struct `T`,
+/// so that a misspelt key in a settings file is reported instead of
+/// silently ignored.
+pub fn check_keys<'de, T: Deserialize<'de>>(
+    keys: impl IntoIterator<Item = String>,
+) -> Result<(), UnknownKeys> {
+    let known = field_names::<T>();
+    let keys: Vec<String> = keys
+        .into_iter()
+        .filter(|key| !known.contains(&key.as_str()))
+        .collect();
+    if keys.is_empty() {
+        Ok(())
+    } else {
+        Err(UnknownKeys { keys, known })
+    }
+}
+
+/// Returns the field names of a struct whose `Deserialize` comes from
+/// serde's derive, which hands them to `deserialize_struct`. Any other type
+/// gives an empty list.
+pub fn field_names<'de, T: Deserialize<'de>>() -> &'static [&'static str] {
+    let mut fields: &'static [&'static str] = &[];
+    let _ = T::deserialize(FieldProbe(&mut fields));
+    fields
+}
+
+/// A deserializer that records the field list it is asked for and then
+/// stops.
+struct FieldProbe<'a>(&'a mut &'static [&'static str]);
+
+/// The error that ends a [`FieldProbe`].
+#[derive(Debug)]
+struct Stop;
+
+impl fmt::Display for Stop {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("field names recorded")
+    }
+}
+
+impl std::error::Error for Stop {}
+
+impl de::Error for Stop {
+    fn custom<T: fmt::Display>(_: T) -> Self {
+        Stop
+    }
+}
+
+impl<'de> Deserializer<'de> for FieldProbe<'_> {
+    type Error = Stop;
+
+    fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Stop> {
+        Err(Stop)
+    }
+
+    fn deserialize_struct<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        fields: &'static [&'static str],
+        _: V,
+    ) -> Result<V::Value, Stop> {
+        *self.0 = fields;
+        Err(Stop)
+    }
+
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
+        bytes byte_buf option unit unit_struct newtype_struct seq tuple
+        tuple_struct map enum identifier ignored_any
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Deserialize)]
+    #[allow(dead_code)]
+    struct Example {
+        listen: String,
+        #[serde(rename = "queue_depth")]
+        depth: usize,
+    }
+
+    #[test]
+    fn field_names_follow_serde_names() {
+        assert_eq!(field_names::<Example>(), ["listen", "queue_depth"]);
+        assert!(field_names::<u32>().is_empty());
+    }
+
+    #[test]
+    fn unknown_keys_keep_their_order() {
+        let keys = ["queue_dpeth", "listen", "lsiten"].map(String::from);
+        let err = check_keys::<Example>(keys).unwrap_err();
+        assert_eq!(err.keys, ["queue_dpeth", "lsiten"]);
+        assert_eq!(
+            err.to_string(),
+            "unknown setting queue_dpeth, lsiten: check the spelling; \
+             the settings are listen, queue_depth"
+        );
+        assert!(check_keys::<Example>(["listen".to_owned()]).is_ok());
+    }
+}
