@@ -332,10 +332,9 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            message.contains("bot.toml: unknown setting guild:"),
+            message.contains("bot.toml: unknown setting \"guild\":"),
             "{message}"
         );
-        assert!(message.contains("bot.toml"), "{message}");
         assert!(message.contains("guild_id, "), "{message}");
     }
 

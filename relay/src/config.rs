@@ -413,7 +413,8 @@ fn reject_unknown_keys(path: &Path) -> Result<(), ConfigError> {
         .map_err(|unknown| ConfigError::UnknownKeys(path.to_owned(), unknown))
 }
 
-/// Names the setting and the problem, without figment's source locations.
+/// Names the setting, the problem and the file it came from, without
+/// figment's source locations in the code.
 fn describe(err: &figment::Error) -> String {
     let key: Vec<&str> = err
         .path
@@ -421,10 +422,18 @@ fn describe(err: &figment::Error) -> String {
         .map(String::as_str)
         .filter(|part| *part != "default")
         .collect();
-    if key.is_empty() {
+    let problem = if key.is_empty() {
         err.kind.to_string()
     } else {
         format!("setting {}: {}", key.join("."), err.kind)
+    };
+    match err
+        .metadata
+        .as_ref()
+        .and_then(|metadata| metadata.source.as_ref())
+    {
+        Some(figment::Source::File(path)) => format!("{}: {problem}", path.display()),
+        _ => problem,
     }
 }
 
@@ -526,17 +535,30 @@ mod tests {
         assert!(load_config(None, Serialized::defaults(&args)).is_ok());
     }
 
-    #[test]
-    fn unknown_file_keys_rejected() {
+    /// Loads a config file with `contents` and returns the error message.
+    fn file_error(contents: &str) -> String {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("relay.toml");
-        std::fs::write(&path, "queue_depth = 64\nqueue_dpeth = 16\n").unwrap();
-        let err =
-            load_config(Some(&path), Serialized::defaults(&RelayArgs::default())).unwrap_err();
-        let message = err.to_string();
-        assert!(message.contains("unknown setting queue_dpeth"), "{message}");
-        assert!(message.contains("relay.toml"), "{message}");
+        std::fs::write(&path, contents).unwrap();
+        load_config(Some(&path), Serialized::defaults(&RelayArgs::default()))
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn unknown_file_keys_rejected() {
+        let message = file_error("queue_depth = 64\nqueue_dpeth = 16\n");
+        assert!(
+            message.contains("relay.toml: unknown setting \"queue_dpeth\""),
+            "{message}"
+        );
         assert!(message.contains("queue_depth, "), "{message}");
+    }
+
+    #[test]
+    fn invalid_file_named() {
+        let message = file_error("queue_depth = \n");
+        assert!(message.contains("relay.toml: "), "{message}");
     }
 
     #[test]

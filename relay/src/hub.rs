@@ -681,6 +681,13 @@ impl Hub {
 
     // ---- audio -----------------------------------------------------------
 
+    /// Counts a frame for `freq` that its sender may not send, because a
+    /// moderator muted it there, so that `frames_in` covers every frame
+    /// received like the frames that floor control refuses.
+    pub fn count_muted_frame(&self, freq: FreqId) {
+        self.slot(freq).lock().frames_in += 1;
+    }
+
     /// Offers an audio frame from `sender` on `freq` and forwards it to every
     /// other unmuted listener when the sender may talk.
     pub fn forward(

@@ -175,11 +175,27 @@ struct Connection {
 
 impl Connection {
     fn send(&self, message: &ServerMessage) {
-        if self
-            .outlet
-            .push(Outbound::Text(Utf8Bytes::from(message.to_json())))
-            .is_err()
-        {
+        self.push_control(Outbound::Text(Utf8Bytes::from(message.to_json())));
+    }
+
+    /// Sends `messages` in one slot of the outbound queue, so that a burst
+    /// of them cannot fill it.
+    fn send_all(&self, messages: &[ServerMessage]) {
+        match messages {
+            [] => {}
+            [message] => self.send(message),
+            _ => {
+                let texts = messages
+                    .iter()
+                    .map(|message| Utf8Bytes::from(message.to_json()))
+                    .collect();
+                self.push_control(Outbound::Texts(texts));
+            }
+        }
+    }
+
+    fn push_control(&self, message: Outbound) {
+        if self.outlet.push(message).is_err() {
             tracing::warn!("outbound queue full; closing the session as too slow");
             self.overflowed.set(true);
         }
@@ -445,6 +461,7 @@ impl Session {
             return false;
         }
         if self.tx_mutes.contains(&freq) {
+            self.conn.hub.count_muted_frame(freq);
             self.deny(freq, TxDeniedReason::Muted);
             return false;
         }
@@ -624,26 +641,30 @@ impl Session {
 
     /// Replaces the voice-channel grants, notifies the client of each change
     /// and leaves frequencies the session may no longer use.
+    ///
+    /// A grant can cover thousands of frequencies, so the notifications
+    /// leave in one slot of the outbound queue.
     fn apply_grants(&mut self, grants: FreqSet) {
         let old = std::mem::replace(&mut self.grants, grants);
+        let mut messages = Vec::new();
         for freq in old.iter().filter(|f| !self.grants.contains(*f)) {
-            self.conn.send(&ServerMessage::FreqAssign {
+            messages.push(ServerMessage::FreqAssign {
                 freq_id: freq,
                 action: AssignAction::Revoke,
             });
             if !self.may_use(freq) && self.joined.remove(&freq).is_some() {
                 self.holding.remove(&freq);
                 self.conn.hub.leave(self.shared.id, freq);
-                self.conn.send(&ServerMessage::LeaveOk { freq_id: freq });
+                messages.push(ServerMessage::LeaveOk { freq_id: freq });
             }
         }
-        let added: Vec<FreqId> = self.grants.iter().filter(|f| !old.contains(*f)).collect();
-        for freq in added {
-            self.conn.send(&ServerMessage::FreqAssign {
+        for freq in self.grants.iter().filter(|f| !old.contains(*f)) {
+            messages.push(ServerMessage::FreqAssign {
                 freq_id: freq,
                 action: AssignAction::Grant,
             });
         }
+        self.conn.send_all(&messages);
         self.mirror_joined();
     }
 

@@ -38,6 +38,9 @@ pub enum Outbound {
     Rest(Bytes),
     /// A JSON control message.
     Text(Utf8Bytes),
+    /// Several JSON control messages, one WebSocket frame each, in one queue
+    /// slot, for a burst such as a grant of many frequencies.
+    Texts(Vec<Utf8Bytes>),
     /// The reply to a WebSocket ping, with the ping's payload.
     Pong(Bytes),
 }
@@ -139,7 +142,7 @@ pub struct Outlet {
 /// The part of an outlet that its lock guards.
 #[derive(Default)]
 struct OutletState {
-    /// True while the queue holds messages or the writer task has bytes
+    /// True while the queue has messages or the writer task has bytes
     /// that are not yet written.
     busy: bool,
     /// Audio frames written or queued.
@@ -481,8 +484,20 @@ impl Inbox {
 
     /// Adds a command and wakes the session task. Returns the command when
     /// the inbox is full.
+    ///
+    /// New grants replace grants still waiting, since each carries the whole
+    /// set and the latest wins, so a batch of grant changes never fills the
+    /// inbox.
     fn push(&self, command: SessionCommand) -> Result<(), SessionCommand> {
         let mut pending = self.pending.lock();
+        if let SessionCommand::Grants(grants) = &command
+            && let Some(SessionCommand::Grants(waiting)) = pending
+                .iter_mut()
+                .find(|waiting| matches!(waiting, SessionCommand::Grants(_)))
+        {
+            *waiting = grants.clone();
+            return Ok(());
+        }
         if pending.len() >= Self::CAPACITY {
             return Err(command);
         }
@@ -647,6 +662,26 @@ mod tests {
                 .push(SessionCommand::Close(CloseReason::Idle))
                 .is_err()
         );
+    }
+
+    #[test]
+    fn inbox_keeps_only_latest_grants() {
+        let inbox = Inbox::new();
+        let set = |text: &str| text.parse::<FreqSet>().unwrap();
+        inbox
+            .push(SessionCommand::Close(CloseReason::Idle))
+            .unwrap();
+        for k in 0..Inbox::CAPACITY * 2 {
+            let grants = SessionCommand::Grants(set(&(2000 + k).to_string()));
+            inbox.push(grants).unwrap();
+        }
+        let taken: Vec<_> = inbox.take_all().into_iter().collect();
+        assert_eq!(taken.len(), 2);
+        assert!(matches!(taken[0], SessionCommand::Close(CloseReason::Idle)));
+        let SessionCommand::Grants(last) = &taken[1] else {
+            panic!("grants expected, got {:?}", taken[1]);
+        };
+        assert_eq!(*last, set("2127"));
     }
 
     #[test]

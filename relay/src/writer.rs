@@ -17,6 +17,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{mpsc, oneshot};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 
 use crate::session_shared::{Outbound, Outlet, Stamp, opcode, put_frame_header};
@@ -120,15 +121,22 @@ impl Batch {
 fn encode(buffer: &mut Vec<u8>, message: Outbound) {
     match message {
         Outbound::Audio { frame, .. } | Outbound::Rest(frame) => buffer.extend_from_slice(&frame),
-        Outbound::Text(text) => {
-            put_frame_header(buffer, opcode::TEXT, text.len());
-            buffer.extend_from_slice(text.as_bytes());
+        Outbound::Text(text) => encode_text(buffer, &text),
+        Outbound::Texts(texts) => {
+            for text in &texts {
+                encode_text(buffer, text);
+            }
         }
         Outbound::Pong(payload) => {
             put_frame_header(buffer, opcode::PONG, payload.len());
             buffer.extend_from_slice(&payload);
         }
     }
+}
+
+fn encode_text(buffer: &mut Vec<u8>, text: &Utf8Bytes) {
+    put_frame_header(buffer, opcode::TEXT, text.len());
+    buffer.extend_from_slice(text.as_bytes());
 }
 
 fn encode_close(buffer: &mut Vec<u8>, frame: &CloseFrame) {

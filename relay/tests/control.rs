@@ -42,6 +42,17 @@ impl Control {
     }
 }
 
+/// Starts a relay with user 1 logged in (token for `freqs`), and returns
+/// its client, a control connection and user 1's id.
+async fn logged_in(freqs: &str) -> (TestRelay, common::Client, Control, String) {
+    let relay = TestRelay::start().await;
+    let mut client = common::Client::connect(&relay.url()).await;
+    client.auth(&relay.token_with(1, 0, freqs)).await;
+    let control = Control::connect(&relay).await;
+    let user = relay.user(1).to_string();
+    (relay, client, control, user)
+}
+
 async fn http_get(relay: &TestRelay, path: &str) -> (u16, Value) {
     let mut stream = TcpStream::connect(relay.addr).await.unwrap();
     let request = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
@@ -227,15 +238,16 @@ async fn moderator_mute_denies_transmit() {
     talker.ping().await;
     let sent = talker.send_audio(freq(1400), b"unmuted").await;
     assert_eq!(listener.next_binary().await.as_ref(), sent.as_slice());
+
+    // Refused frames count as received, whatever refused them.
+    let stats = control.request(json!({"id": 3, "op": "stats"})).await;
+    assert_eq!(stats["data"]["frames_in"], 2);
+    assert_eq!(stats["data"]["frames_denied"], 1);
 }
 
 #[tokio::test]
 async fn assignment_grants_and_withdraws() {
-    let relay = TestRelay::start().await;
-    let mut client = common::Client::connect(&relay.url()).await;
-    client.auth(&relay.token_with(1, 0, "1000")).await;
-    let mut control = Control::connect(&relay).await;
-    let user = relay.user(1).to_string();
+    let (_relay, mut client, mut control, user) = logged_in("1000").await;
 
     let reply = control
         .request(json!({"id": 1, "op": "assign", "changes": [{"user_id": user, "freqs": [[1600, 1600]]}]}))
@@ -258,6 +270,44 @@ async fn assignment_grants_and_withdraws() {
     assert_eq!(revoke["action"], "revoke");
     let left = client.expect_type("leave_ok").await;
     assert_eq!(left["freqId"], 1600);
+}
+
+#[tokio::test]
+async fn many_grant_changes_keep_the_last() {
+    let (_relay, mut client, mut control, user) = logged_in("5000").await;
+
+    // More changes for one user than a session keeps commands waiting.
+    let changes: Vec<Value> = (2000..2100)
+        .map(|freq| json!({"user_id": user, "freqs": [[freq, freq]]}))
+        .collect();
+    let reply = control
+        .request(json!({"id": 1, "op": "assign", "changes": changes}))
+        .await;
+    assert_eq!(reply["data"]["applied"], 100);
+    client.join(freq(2099)).await;
+    client
+        .send_json(json!({"type": "join", "freqId": 2000}))
+        .await;
+    let rejected = client.expect_type("join_error").await;
+    assert_eq!(rejected["freqId"], 2000);
+}
+
+#[tokio::test]
+async fn wide_grant_keeps_session_open() {
+    let (_relay, mut client, mut control, user) = logged_in("5000").await;
+
+    // One notification per frequency, more than a session's queue holds.
+    let reply = control
+        .request(json!({"id": 1, "op": "assign", "changes": [{"user_id": user, "freqs": [[1000, 1499]]}]}))
+        .await;
+    assert_eq!(reply["ok"], true);
+    for expected in 1000..1500 {
+        let grant = client.expect_type("freq_assign").await;
+        assert_eq!(grant["freqId"], expected);
+        assert_eq!(grant["action"], "grant");
+    }
+    client.ping().await;
+    client.join(freq(1499)).await;
 }
 
 #[tokio::test]

@@ -6,18 +6,39 @@ use serde::Deserialize;
 use serde::de::{self, Deserializer, Visitor};
 
 /// Keys of a settings file that are not settings.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "unknown setting {}: check the spelling; the settings are {}",
-    .keys.join(", "),
-    .known.join(", ")
-)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct UnknownKeys {
     /// The unknown keys, in the order given.
     pub keys: Vec<String>,
     /// Every setting.
     pub known: &'static [&'static str],
 }
+
+/// Unknown keys named in an error message before the rest are only
+/// counted, so that a file of thousands of stray keys gives a short error.
+const NAMED_KEYS: usize = 10;
+
+impl fmt::Display for UnknownKeys {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let named: Vec<String> = self
+            .keys
+            .iter()
+            .take(NAMED_KEYS)
+            .map(|key| format!("{key:?}"))
+            .collect();
+        write!(f, "unknown setting {}", named.join(", "))?;
+        if self.keys.len() > NAMED_KEYS {
+            write!(f, " and {} more", self.keys.len() - NAMED_KEYS)?;
+        }
+        write!(
+            f,
+            ": check the spelling; the settings are {}",
+            self.known.join(", ")
+        )
+    }
+}
+
+impl std::error::Error for UnknownKeys {}
 
 /// Checks that every key of `keys` is a field of the settings struct `T`,
 /// so that a misspelt key in a settings file is reported instead of
@@ -117,9 +138,17 @@ mod tests {
         assert_eq!(err.keys, ["queue_dpeth", "lsiten"]);
         assert_eq!(
             err.to_string(),
-            "unknown setting queue_dpeth, lsiten: check the spelling; \
+            "unknown setting \"queue_dpeth\", \"lsiten\": check the spelling; \
              the settings are listen, queue_depth"
         );
         assert!(check_keys::<Example>(["listen".to_owned()]).is_ok());
+    }
+
+    #[test]
+    fn many_unknown_keys_are_counted() {
+        let keys = (0..25).map(|k| format!("stray{k}"));
+        let message = check_keys::<Example>(keys).unwrap_err().to_string();
+        assert!(message.contains("\"stray9\" and 15 more:"), "{message}");
+        assert!(!message.contains("stray10"), "{message}");
     }
 }
