@@ -291,7 +291,14 @@ fn reject_unknown_keys(path: &Path) -> Result<(), ConfigError> {
     let Ok(table) = Figment::from(Toml::file(path)).extract::<figment::value::Dict>() else {
         return Ok(());
     };
-    krt_shared::settings::check_keys::<RawConfig>(table.into_keys())
+    let elsewhere = [
+        krt_shared::settings::CONFIG_ELSEWHERE,
+        (
+            "discord_token",
+            "the bot reads its token only from KRT_DISCORD_TOKEN, so keep it out of files",
+        ),
+    ];
+    krt_shared::settings::check_keys::<RawConfig>(table.into_keys(), &elsewhere)
         .map_err(|unknown| ConfigError::UnknownKeys(path.to_owned(), unknown))
 }
 

@@ -23,7 +23,16 @@ pub fn main() -> ExitCode {
         .with_ansi(std::io::stderr().is_terminal())
         .init();
 
-    let args = RelayArgs::parse();
+    let args = match RelayArgs::try_parse() {
+        Ok(args) => args,
+        Err(err) => {
+            // Help and version go to stdout with code 0, and usage errors
+            // exit with the same code as invalid settings.
+            let code = if err.use_stderr() { EXIT_USAGE } else { 0 };
+            let _ = err.print();
+            return ExitCode::from(code);
+        }
+    };
     let config = match args.load() {
         Ok(config) => config,
         Err(err) => {

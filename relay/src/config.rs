@@ -409,7 +409,8 @@ fn reject_unknown_keys(path: &Path) -> Result<(), ConfigError> {
     let Ok(table) = Figment::from(Toml::file(path)).extract::<figment::value::Dict>() else {
         return Ok(());
     };
-    krt_shared::settings::check_keys::<RelayConfig>(table.into_keys())
+    let elsewhere = [krt_shared::settings::CONFIG_ELSEWHERE];
+    krt_shared::settings::check_keys::<RelayConfig>(table.into_keys(), &elsewhere)
         .map_err(|unknown| ConfigError::UnknownKeys(path.to_owned(), unknown))
 }
 

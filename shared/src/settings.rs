@@ -12,7 +12,15 @@ pub struct UnknownKeys {
     pub keys: Vec<String>,
     /// Every setting.
     pub known: &'static [&'static str],
+    /// For unknown keys that are options set elsewhere, where to set them.
+    pub hints: Vec<&'static str>,
 }
+
+/// The hint for a `config` key in a settings file, for `check_keys`.
+pub const CONFIG_ELSEWHERE: (&str, &str) = (
+    "config",
+    "config names the file itself: pass --config or set KRT_CONFIG",
+);
 
 /// Unknown keys named in an error message before the rest are only
 /// counted, so that a file of thousands of stray keys gives a short error.
@@ -34,7 +42,11 @@ impl fmt::Display for UnknownKeys {
             f,
             ": check the spelling; the settings are {}",
             self.known.join(", ")
-        )
+        )?;
+        for hint in &self.hints {
+            write!(f, "; {hint}")?;
+        }
+        Ok(())
     }
 }
 
@@ -42,9 +54,11 @@ impl std::error::Error for UnknownKeys {}
 
 /// Checks that every key of `keys` is a field of the settings struct `T`,
 /// so that a misspelt key in a settings file is reported instead of
-/// silently ignored.
+/// silently ignored. `elsewhere` pairs options that a file may not set
+/// with a hint on where to set them.
 pub fn check_keys<'de, T: Deserialize<'de>>(
     keys: impl IntoIterator<Item = String>,
+    elsewhere: &[(&str, &'static str)],
 ) -> Result<(), UnknownKeys> {
     let known = field_names::<T>();
     let keys: Vec<String> = keys
@@ -52,10 +66,14 @@ pub fn check_keys<'de, T: Deserialize<'de>>(
         .filter(|key| !known.contains(&key.as_str()))
         .collect();
     if keys.is_empty() {
-        Ok(())
-    } else {
-        Err(UnknownKeys { keys, known })
+        return Ok(());
     }
+    let hints = elsewhere
+        .iter()
+        .filter(|(option, _)| keys.iter().any(|key| key == option))
+        .map(|(_, hint)| *hint)
+        .collect();
+    Err(UnknownKeys { keys, known, hints })
 }
 
 /// Returns the field names of a struct whose `Deserialize` comes from
@@ -134,20 +152,38 @@ mod tests {
     #[test]
     fn unknown_keys_keep_their_order() {
         let keys = ["queue_dpeth", "listen", "lsiten"].map(String::from);
-        let err = check_keys::<Example>(keys).unwrap_err();
+        let err = check_keys::<Example>(keys, &[]).unwrap_err();
         assert_eq!(err.keys, ["queue_dpeth", "lsiten"]);
         assert_eq!(
             err.to_string(),
             "unknown setting \"queue_dpeth\", \"lsiten\": check the spelling; \
              the settings are listen, queue_depth"
         );
-        assert!(check_keys::<Example>(["listen".to_owned()]).is_ok());
+        assert!(check_keys::<Example>(["listen".to_owned()], &[]).is_ok());
+    }
+
+    #[test]
+    fn options_set_elsewhere_get_a_hint() {
+        let elsewhere = [("config", "name the file with --config")];
+        let keys = ["config".to_owned()];
+        let message = check_keys::<Example>(keys, &elsewhere)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            message.ends_with("; name the file with --config"),
+            "{message}"
+        );
+        let keys = ["other".to_owned()];
+        let message = check_keys::<Example>(keys, &elsewhere)
+            .unwrap_err()
+            .to_string();
+        assert!(!message.contains("--config"), "{message}");
     }
 
     #[test]
     fn many_unknown_keys_are_counted() {
         let keys = (0..25).map(|k| format!("stray{k}"));
-        let message = check_keys::<Example>(keys).unwrap_err().to_string();
+        let message = check_keys::<Example>(keys, &[]).unwrap_err().to_string();
         assert!(message.contains("\"stray9\" and 15 more:"), "{message}");
         assert!(!message.contains("stray10"), "{message}");
     }

@@ -15,7 +15,8 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 
-fn relay_executable() -> PathBuf {
+/// Returns the relay executable that the cross-process tests run.
+pub fn relay_executable() -> PathBuf {
     if let Some(path) = std::env::var_os("KRT_RELAY_BIN") {
         return PathBuf::from(path);
     }
