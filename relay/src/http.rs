@@ -51,6 +51,9 @@ fn websocket_config(hub: &Hub) -> WebSocketConfig {
         .max_frame_size(Some(max_message))
 }
 
+/// Time an HTTP request in progress at shutdown gets to finish.
+const HTTP_SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
+
 /// Accepts connections until `shutdown` turns true.
 pub async fn serve(
     listener: TcpListener,
@@ -85,6 +88,7 @@ pub async fn serve(
         }
         let router = router.clone();
         let handshake_timeout = hub.config.handshake_timeout;
+        let mut stop = shutdown.clone();
         tokio::spawn(async move {
             let service =
                 hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
@@ -100,7 +104,24 @@ pub async fn serve(
                 .header_read_timeout(handshake_timeout)
                 .serve_connection(TokioIo::new(tcp), service)
                 .with_upgrades();
-            if let Err(err) = connection.await {
+            let mut connection = std::pin::pin!(connection);
+            let result = tokio::select! {
+                result = connection.as_mut() => result,
+                _ = async { stop.wait_for(|stopping| *stopping).await.map(drop) } => {
+                    // A request still in progress gets a moment to finish.
+                    // One whose headers are still arriving would otherwise
+                    // hold shutdown for the whole handshake timeout.
+                    connection.as_mut().graceful_shutdown();
+                    match tokio::time::timeout(HTTP_SHUTDOWN_GRACE, connection.as_mut()).await {
+                        Ok(result) => result,
+                        Err(_) => {
+                            tracing::debug!(%peer, "HTTP request unfinished at shutdown; dropped");
+                            return;
+                        }
+                    }
+                }
+            };
+            if let Err(err) = result {
                 tracing::debug!(%peer, error = %err, "HTTP connection ended with an error");
             }
         });

@@ -12,7 +12,7 @@ use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, Database, EntityTrait, PaginatorTrait, TransactionTrait,
 };
 use serde_json::json;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn locked_database_delays_rows_not_audio() {
@@ -112,4 +112,36 @@ async fn vanished_control_client_leaves_relay_serving() {
     let reply: serde_json::Value = serde_json::from_str(&reply).unwrap();
     assert_eq!(reply["ok"], true);
     assert_eq!(reply["data"]["sessions"], 2);
+}
+
+#[tokio::test]
+async fn shutdown_skips_unfinished_http_requests() {
+    let mut relay = TestRelay::start_with(|config| {
+        config.handshake_timeout = Duration::from_secs(60);
+    })
+    .await;
+    // Headers that never end hold the connection in the HTTP phase.
+    let mut stalled = tokio::net::TcpStream::connect(relay.addr).await.unwrap();
+    stalled
+        .write_all(b"GET /voice HTTP/1.1\r\nHost: relay\r\n")
+        .await
+        .unwrap();
+    let mut client = relay.client(1).await;
+    client.ping().await;
+
+    let started = std::time::Instant::now();
+    relay.shutdown().await;
+    // The stalled request gets 1 s. Waiting for its headers would take
+    // the 5 s cap on waiting for sessions.
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "shutdown took {:?}",
+        started.elapsed()
+    );
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), stalled.read_to_end(&mut rest)).await;
+    assert!(
+        matches!(read, Ok(Ok(_)) | Ok(Err(_))),
+        "the stalled connection is closed"
+    );
 }
