@@ -163,10 +163,9 @@ pub struct Hub {
 ///
 /// Queued frames leave several to a write only once the writer tasks lag,
 /// which happens near saturation. Below that, each queued frame costs a
-/// writer wake-up on top of its write: with listeners on 4 of 6
+/// writer wake-up on top of its write. With listeners on 4 of 6
 /// frequencies at about 60 % CPU, switching at 60 % cost 1.18x to 1.22x a
-/// bare write per frame, and switching at 85 % 0.97x, in two alternating
-/// runs each.
+/// bare write per frame, and switching at 85 % cost 0.97x (two runs each).
 pub const DIRECT_WRITES_OFF_ABOVE: f64 = 0.85;
 /// CPU use below which direct writes resume.
 pub const DIRECT_WRITES_ON_BELOW: f64 = 0.5;
