@@ -151,8 +151,9 @@ impl RawConfig {
                     hint: "the config file does not exist: check the path",
                 });
             }
-            reject_unknown_keys(path)?;
-            figment = figment.merge(Toml::file(path));
+            let file = Figment::from(Toml::file(path));
+            reject_unknown_keys(path, &file)?;
+            figment = figment.merge(file);
         }
         figment
             .merge(Env::prefixed("KRT_").ignore(&["discord_token", "config"]))
@@ -285,10 +286,11 @@ fn nonzero(key: &'static str, value: Option<u32>, default: u32) -> Result<NonZer
     NonZeroU32::new(value).ok_or_else(|| invalid(key, "0", "use a number of at least 1"))
 }
 
-/// Rejects the config file at `path` when a top-level key is not a
-/// setting. A file that does not parse passes here and fails in the merge.
-fn reject_unknown_keys(path: &Path) -> Result<(), ConfigError> {
-    let Ok(table) = Figment::from(Toml::file(path)).extract::<figment::value::Dict>() else {
+/// Rejects the config file at `path`, read into `file`, when a top-level
+/// key is not a setting. A file that does not parse passes here, because
+/// the merge reports its error.
+fn reject_unknown_keys(path: &Path, file: &Figment) -> Result<(), ConfigError> {
+    let Ok(table) = file.extract::<figment::value::Dict>() else {
         return Ok(());
     };
     let elsewhere = [

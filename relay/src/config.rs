@@ -391,8 +391,9 @@ fn load_config(
         if !path.is_file() {
             return Err(ConfigError::MissingFile(path.to_owned()));
         }
-        reject_unknown_keys(path)?;
-        figment = figment.merge(Toml::file(path));
+        let file = Figment::from(Toml::file(path));
+        reject_unknown_keys(path, &file)?;
+        figment = figment.merge(file);
     }
     let config: RelayConfig = figment
         .merge(Env::prefixed("KRT_").ignore(&["config"]))
@@ -403,10 +404,11 @@ fn load_config(
     Ok(config)
 }
 
-/// Rejects the config file at `path` when a top-level key is not a
-/// setting. A file that does not parse passes here and fails in the merge.
-fn reject_unknown_keys(path: &Path) -> Result<(), ConfigError> {
-    let Ok(table) = Figment::from(Toml::file(path)).extract::<figment::value::Dict>() else {
+/// Rejects the config file at `path`, read into `file`, when a top-level
+/// key is not a setting. A file that does not parse passes here, because
+/// the merge reports its error.
+fn reject_unknown_keys(path: &Path, file: &Figment) -> Result<(), ConfigError> {
+    let Ok(table) = file.extract::<figment::value::Dict>() else {
         return Ok(());
     };
     let elsewhere = [krt_shared::settings::CONFIG_ELSEWHERE];

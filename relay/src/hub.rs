@@ -687,9 +687,9 @@ impl Hub {
 
     // ---- audio -----------------------------------------------------------
 
-    /// Counts a frame for `freq` that its sender may not send, because a
-    /// moderator muted it there, so that `frames_in` covers every frame
-    /// received like the frames that floor control refuses.
+    /// Counts a frame on `freq` that was rejected because a moderator muted
+    /// its sender there, so that `frames_in` includes it like the frames
+    /// that floor control rejects.
     pub fn count_muted_frame(&self, freq: FreqId) {
         self.slot(freq).lock().frames_in += 1;
     }

@@ -549,8 +549,8 @@ impl SessionShared {
         &self.inbox
     }
 
-    /// Returns the way out to the client, which the fan-out keeps beside
-    /// each listener.
+    /// Returns the session's outlet, which the fan-out keeps next to each
+    /// listener.
     pub fn outlet(&self) -> &Arc<Outlet> {
         &self.outlet
     }
@@ -675,11 +675,14 @@ mod tests {
             let grants = SessionCommand::Grants(set(&(2000 + k).to_string()));
             inbox.push(grants).unwrap();
         }
-        let taken: Vec<_> = inbox.take_all().into_iter().collect();
-        assert_eq!(taken.len(), 2);
-        assert!(matches!(taken[0], SessionCommand::Close(CloseReason::Idle)));
-        let SessionCommand::Grants(last) = &taken[1] else {
-            panic!("grants expected, got {:?}", taken[1]);
+        let commands: Vec<_> = inbox.take_all().into_iter().collect();
+        assert_eq!(commands.len(), 2);
+        assert!(matches!(
+            commands[0],
+            SessionCommand::Close(CloseReason::Idle)
+        ));
+        let SessionCommand::Grants(last) = &commands[1] else {
+            panic!("grants expected, got {:?}", commands[1]);
         };
         assert_eq!(*last, set("2127"));
     }

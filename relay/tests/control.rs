@@ -239,7 +239,7 @@ async fn moderator_mute_denies_transmit() {
     let sent = talker.send_audio(freq(1400), b"unmuted").await;
     assert_eq!(listener.next_binary().await.as_ref(), sent.as_slice());
 
-    // Refused frames count as received, whatever refused them.
+    // A frame rejected because of a mute still counts as received.
     let stats = control.request(json!({"id": 3, "op": "stats"})).await;
     assert_eq!(stats["data"]["frames_in"], 2);
     assert_eq!(stats["data"]["frames_denied"], 1);
@@ -296,7 +296,8 @@ async fn many_grant_changes_keep_the_last() {
 async fn wide_grant_keeps_session_open() {
     let (_relay, mut client, mut control, user) = logged_in("5000").await;
 
-    // One notification per frequency, more than a session's queue holds.
+    // One notification per frequency, more than a session's queue can
+    // contain.
     let reply = control
         .request(json!({"id": 1, "op": "assign", "changes": [{"user_id": user, "freqs": [[1000, 1499]]}]}))
         .await;
