@@ -3,10 +3,13 @@
 #
 #   bench/run.sh [SCENARIO...]     (default: every scenario)
 #
-# Scenarios: baseline event contenders ramp idle slow storm joins4 overload.
-# A scenario named twice runs twice. Each event run prints the relay's CPU
-# per frame over the baseline's CPU per write, and the last line gives the
-# median of those ratios.
+# Scenarios: baseline event contenders ramp idle slow storm joins4 overload
+# (the default list). The scenarios node and noderamp compare krt-relay with
+# a plain Node.js relay in bench/node-relay, which needs node and one
+# `npm ci` in that folder.
+# A scenario named twice runs twice. Each event run prints the relay's CPU per
+# frame over the baseline's CPU per write, each node run the p99 latency of
+# krt-relay over the Node.js relay's, and the last lines give the medians.
 # The relay runs pinned to CPU 0 (taskset -c 0) and the load generator to
 # CPU 1 (taskset -c 1). Each scenario starts its own relay with a fresh data
 # directory under $OUT/data-*, stops it by process id, and writes the
@@ -28,6 +31,22 @@ ulimit -n 20000
 RELAY_PID=""
 RELAY_ADDR=""
 
+# await_relay NAME: waits for the relay just started for NAME to write its
+# address, and leaves it in RELAY_ADDR.
+await_relay() {
+    local name=$1 dir="$OUT/data-$1"
+    for _ in $(seq 100); do
+        [[ -s "$dir/addr" ]] && break
+        sleep 0.1
+    done
+    if [[ ! -s "$dir/addr" ]]; then
+        echo "relay for $name did not start; see $OUT/$name.relay.log" >&2
+        stop_relay
+        return 1
+    fi
+    RELAY_ADDR=$(tr -d '\n' <"$dir/addr")
+}
+
 # start_relay NAME [RELAY OPTIONS...]: starts a relay on a free port.
 start_relay() {
     local name=$1
@@ -39,16 +58,21 @@ start_relay() {
         --data-dir "$dir" --addr-file "$dir/addr" --worker-threads "$WORKERS" "$@" \
         >"$OUT/$name.relay.log" 2>&1 &
     RELAY_PID=$!
-    for _ in $(seq 100); do
-        [[ -s "$dir/addr" ]] && break
-        sleep 0.1
-    done
-    if [[ ! -s "$dir/addr" ]]; then
-        echo "relay for $name did not start; see $OUT/$name.relay.log" >&2
-        stop_relay
-        return 1
-    fi
-    RELAY_ADDR=$(tr -d '\n' <"$dir/addr")
+    await_relay "$name"
+}
+
+# start_node_relay NAME KEYS: starts the Node.js relay on a free port, with
+# the keys of the data directory of scenario KEYS.
+start_node_relay() {
+    local name=$1 keys="$OUT/data-$2"
+    local dir="$OUT/data-$name"
+    rm -rf "$dir"
+    mkdir -p "$dir"
+    cp -p "$keys"/signing.key "$keys"/signing.pub "$keys"/userid.key "$dir"/
+    taskset -c "$RELAY_CPU" node bench/node-relay/relay.mjs --listen 127.0.0.1:0 \
+        --data-dir "$dir" --addr-file "$dir/addr" >"$OUT/$name.relay.log" 2>&1 &
+    RELAY_PID=$!
+    await_relay "$name"
 }
 
 # Context switches of the relay: involuntary ones mean another process took
@@ -123,15 +147,75 @@ scenario_event() {
             $1 / (($2 + $3) / 2), $1, $2, $3 }' | tee -a "$OUT/event.txt" "$OUT/ratios.txt"
 }
 
-# Prints the median of the ratios of this invocation's event runs.
-ratio_median() {
-    [[ -s "$OUT/ratios.txt" ]] || return 0
-    awk '{ print $2 }' "$OUT/ratios.txt" | sort -n | awk '
+# The p99 latency in ms in the last report of NAME (a load generator's or a
+# baseline's).
+p99_ms() {
+    awk '/^latency ms/ { p = $6 } END { print p }' "$OUT/$1.txt"
+}
+
+# The Node.js relay checks tokens with the keys of this data directory,
+# which krt-relay creates.
+node_keys() {
+    if [[ ! -s "$OUT/data-node-keys/signing.key" ]]; then
+        start_relay node-keys
+        stop_relay
+    fi
+}
+
+# node_pair NAME [LOADGEN OPTIONS...]: the same load on krt-relay (report
+# NAME-krt) and on the Node.js relay (NAME-js). The order alternates from
+# call to call, so that neither relay always runs first.
+NODE_PAIRS=0
+node_pair() {
+    local name=$1
+    shift
+    node_keys
+    NODE_PAIRS=$((NODE_PAIRS + 1))
+    local order=(krt js)
+    ((NODE_PAIRS % 2)) || order=(js krt)
+    local side
+    for side in "${order[@]}"; do
+        if [[ $side == krt ]]; then
+            start_relay "$name-krt"
+        else
+            start_node_relay "$name-js" node-keys
+        fi
+        loadgen "$name-$side" "$@"
+        stop_relay
+    done
+}
+
+# The 600/6/6 event on both relays, next to the bare TCP writes of the same
+# layout, and the ratio of the p99 latencies.
+scenario_node() {
+    baseline node 6 99
+    local bare
+    bare=$(p99_ms last-baseline)
+    node_pair node --users 600 --freqs 6 --talkers 6 --duration "$DURATION"
+    echo "$(p99_ms node-krt) $(p99_ms node-js) $bare $(relay_us node-krt) $(relay_us node-js)" | awk '{
+        printf "p99 ratio %.2f (krt-relay %s ms, node %s ms, bare TCP %s ms = %.2f of node; CPU %s and %s us per frame)\n",
+            $1 / $2, $1, $2, $3, $3 / $2, $4, $5 }' | tee -a "$OUT/node.txt" "$OUT/node-ratios.txt"
+}
+
+# The ramp's larger steps on both relays.
+scenario_noderamp() {
+    local users
+    for users in ${NODE_RAMP_USERS:-2400 4800}; do
+        local talkers=$((users / 100))
+        node_pair "noderamp-$users" --users "$users" --freqs "$talkers" --talkers "$talkers" \
+            --duration "$DURATION" --connect-timeout 120s
+    done
+}
+
+# median FILE FIELD LABEL: prints the median of word FIELD of FILE's lines.
+median() {
+    [[ -s "$1" ]] || return 0
+    awk -v field="$2" '{ print $field }' "$1" | sort -n | awk -v label="$3" '
         { r[NR] = $1 }
         END {
             m = NR % 2 ? r[(NR + 1) / 2] : (r[NR / 2] + r[NR / 2 + 1]) / 2
-            printf "event ratios: %d runs, median %.2f, from %.2f to %.2f\n", NR, m, r[1], r[NR]
-        }' | tee -a "$OUT/event.txt"
+            printf "%s: %d runs, median %.2f, from %.2f to %.2f\n", label, NR, m, r[1], r[NR]
+        }'
 }
 
 scenario_contenders() {
@@ -227,8 +311,9 @@ scenarios=("$@")
 if [[ ${#scenarios[@]} -eq 0 ]]; then
     scenarios=(event contenders ramp idle slow storm joins4 overload)
 fi
-rm -f "$OUT/ratios.txt"
+rm -f "$OUT/ratios.txt" "$OUT/node-ratios.txt"
 for scenario in "${scenarios[@]}"; do
     "scenario_$scenario"
 done
-ratio_median
+median "$OUT/ratios.txt" 2 "event ratios" | tee -a "$OUT/event.txt"
+median "$OUT/node-ratios.txt" 3 "p99 ratios to node" | tee -a "$OUT/node.txt"
