@@ -226,7 +226,7 @@ scenario_contenders() {
 
 scenario_ramp() {
     local users
-    for users in 1200 2400 4800; do
+    for users in ${RAMP_USERS:-1200 2400 4800}; do
         local talkers=$((users / 100))
         baseline "ramp-$users" "$talkers" 99 "$users"
         start_relay "ramp-$users"
