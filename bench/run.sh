@@ -169,6 +169,11 @@ NODE_PAIRS=0
 node_pair() {
     local name=$1
     shift
+    if ! command -v node >/dev/null || [[ ! -d bench/node-relay/node_modules/ws ]]; then
+        echo "the Node.js relay needs node and its packages: install node, then run" \
+            "(cd bench/node-relay && npm ci)" >&2
+        return 1
+    fi
     node_keys
     NODE_PAIRS=$((NODE_PAIRS + 1))
     local order=(krt js)
