@@ -37,6 +37,7 @@ await_relay() {
     local name=$1 dir="$OUT/data-$1"
     for _ in $(seq 100); do
         [[ -s "$dir/addr" ]] && break
+        kill -0 "$RELAY_PID" 2>/dev/null || break
         sleep 0.1
     done
     if [[ ! -s "$dir/addr" ]]; then
@@ -91,7 +92,15 @@ stop_relay() {
         RELAY_PID=""
     fi
 }
-trap stop_relay EXIT
+# The ratios of this invocation, for the medians at the end; each ratio line
+# is also kept in the scenario's report.
+EVENT_RATIOS=$(mktemp "$OUT/event-ratios.XXXXXX")
+NODE_RATIOS=$(mktemp "$OUT/node-ratios.XXXXXX")
+cleanup() {
+    stop_relay
+    rm -f "$EVENT_RATIOS" "$NODE_RATIOS"
+}
+trap cleanup EXIT
 
 # loadgen NAME [LOADGEN OPTIONS...]: runs the load generator against the
 # running relay, bounded by timeout.
@@ -100,9 +109,12 @@ loadgen() {
     shift
     echo "== $name: $(uptime)" | tee -a "$OUT/$name.txt"
     echo "relay switches before: $(relay_switches)" | tee -a "$OUT/$name.txt"
-    timeout 300 taskset -c "$LOADGEN_CPU" "$BIN/krt-loadgen" \
+    if ! timeout 300 taskset -c "$LOADGEN_CPU" "$BIN/krt-loadgen" \
         --url "ws://$RELAY_ADDR/voice" --data-dir "$OUT/data-$name" \
-        --relay-pid "$RELAY_PID" "$@" 2>"$OUT/$name.loadgen.log" | tee -a "$OUT/$name.txt"
+        --relay-pid "$RELAY_PID" "$@" 2>"$OUT/$name.loadgen.log" | tee -a "$OUT/$name.txt"; then
+        echo "krt-loadgen failed for $name; see $OUT/$name.loadgen.log" >&2
+        return 1
+    fi
     echo "relay switches after: $(relay_switches)" | tee -a "$OUT/$name.txt"
 }
 
@@ -144,13 +156,22 @@ scenario_event() {
     relay=$(relay_us event)
     echo "$relay $before $BASELINE_US" | awk '{
         printf "ratio %.2f (relay %s us per frame, baseline %s and %s us per write)\n",
-            $1 / (($2 + $3) / 2), $1, $2, $3 }' | tee -a "$OUT/event.txt" "$OUT/ratios.txt"
+            $1 / (($2 + $3) / 2), $1, $2, $3 }' | tee -a "$OUT/event.txt" "$EVENT_RATIOS"
 }
 
 # The p99 latency in ms in the last report of NAME (a load generator's or a
 # baseline's).
 p99_ms() {
     awk '/^latency ms/ { p = $6 } END { print p }' "$OUT/$1.txt"
+}
+
+# Fails unless node and the Node.js relay's packages are installed.
+need_node() {
+    if ! command -v node >/dev/null || [[ ! -d bench/node-relay/node_modules/ws ]]; then
+        echo "the Node.js relay needs node and its packages: install node, then run" \
+            "(cd bench/node-relay && npm ci)" >&2
+        return 1
+    fi
 }
 
 # The Node.js relay checks tokens with the keys of this data directory,
@@ -169,11 +190,6 @@ NODE_PAIRS=0
 node_pair() {
     local name=$1
     shift
-    if ! command -v node >/dev/null || [[ ! -d bench/node-relay/node_modules/ws ]]; then
-        echo "the Node.js relay needs node and its packages: install node, then run" \
-            "(cd bench/node-relay && npm ci)" >&2
-        return 1
-    fi
     node_keys
     NODE_PAIRS=$((NODE_PAIRS + 1))
     local order=(krt js)
@@ -193,17 +209,19 @@ node_pair() {
 # The 600/6/6 event on both relays, next to the bare TCP writes of the same
 # layout, and the ratio of the p99 latencies.
 scenario_node() {
+    need_node
     baseline node 6 99
     local bare
     bare=$(p99_ms last-baseline)
     node_pair node --users 600 --freqs 6 --talkers 6 --duration "$DURATION"
     echo "$(p99_ms node-krt) $(p99_ms node-js) $bare $(relay_us node-krt) $(relay_us node-js)" | awk '{
         printf "p99 ratio %.2f (krt-relay %s ms, node %s ms, bare TCP %s ms = %.2f of node; CPU %s and %s us per frame)\n",
-            $1 / $2, $1, $2, $3, $3 / $2, $4, $5 }' | tee -a "$OUT/node.txt" "$OUT/node-ratios.txt"
+            $1 / $2, $1, $2, $3, $3 / $2, $4, $5 }' | tee -a "$OUT/node.txt" "$NODE_RATIOS"
 }
 
 # The ramp's larger steps on both relays.
 scenario_noderamp() {
+    need_node
     local users
     for users in ${NODE_RAMP_USERS:-2400 4800}; do
         local talkers=$((users / 100))
@@ -212,7 +230,8 @@ scenario_noderamp() {
     done
 }
 
-# median FILE FIELD LABEL: prints the median of word FIELD of FILE's lines.
+# median FILE FIELD LABEL REPORT: prints the median of word FIELD of FILE's
+# lines and appends it to REPORT; prints nothing when FILE is empty.
 median() {
     [[ -s "$1" ]] || return 0
     awk -v field="$2" '{ print $field }' "$1" | sort -n | awk -v label="$3" '
@@ -220,7 +239,7 @@ median() {
         END {
             m = NR % 2 ? r[(NR + 1) / 2] : (r[NR / 2] + r[NR / 2 + 1]) / 2
             printf "%s: %d runs, median %.2f, from %.2f to %.2f\n", label, NR, m, r[1], r[NR]
-        }'
+        }' | tee -a "$4"
 }
 
 scenario_contenders() {
@@ -316,9 +335,8 @@ scenarios=("$@")
 if [[ ${#scenarios[@]} -eq 0 ]]; then
     scenarios=(event contenders ramp idle slow storm joins4 overload)
 fi
-rm -f "$OUT/ratios.txt" "$OUT/node-ratios.txt"
 for scenario in "${scenarios[@]}"; do
     "scenario_$scenario"
 done
-median "$OUT/ratios.txt" 2 "event ratios" | tee -a "$OUT/event.txt"
-median "$OUT/node-ratios.txt" 3 "p99 ratios to node" | tee -a "$OUT/node.txt"
+median "$EVENT_RATIOS" 2 "event ratios" "$OUT/event.txt"
+median "$NODE_RATIOS" 3 "p99 ratios to node" "$OUT/node.txt"
