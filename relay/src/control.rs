@@ -10,10 +10,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use krt_shared::control::{
-    ControlCommand, ControlResponse, MAX_CONTROL_LINE, SyncState, parse_request,
+    ControlCommand, ControlResponse, FreqConfig, MAX_CONTROL_LINE, SyncState, parse_request,
 };
+use krt_shared::token::MAX_RANK;
 use serde_json::json;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::watch;
 
@@ -94,15 +95,23 @@ async fn serve_client(
         if read == 0 {
             return Ok(());
         }
-        let response = if line.len() > MAX_CONTROL_LINE {
-            // Skip the rest of the oversized line before replying.
-            if line.last() != Some(&b'\n') {
-                let mut rest = Vec::new();
-                reader.read_until(b'\n', &mut rest).await?;
-            }
+        // The limit leaves room for the newline, so a line that still has
+        // none at the limit is longer than MAX_CONTROL_LINE.
+        let response = if line.len() > MAX_CONTROL_LINE && line.last() != Some(&b'\n') {
+            let skipped = tokio::select! {
+                _ = shutdown.changed() => return Ok(()),
+                skipped = skip_line(&mut reader) => skipped?,
+            };
+            tracing::warn!(
+                bytes = line.len() as u64 + skipped,
+                max = MAX_CONTROL_LINE,
+                "control request too long, rejected"
+            );
             ControlResponse::error(
                 0,
-                format!("control request longer than {MAX_CONTROL_LINE} bytes rejected"),
+                format!(
+                    "control request longer than {MAX_CONTROL_LINE} bytes rejected: split it into smaller requests"
+                ),
             )
         } else {
             match std::str::from_utf8(&line) {
@@ -114,6 +123,27 @@ async fn serve_client(
         let mut out = serde_json::to_vec(&response).expect("responses serialize to JSON");
         out.push(b'\n');
         write.write_all(&out).await?;
+    }
+}
+
+/// Reads and drops the rest of a line, up to and including its newline,
+/// without keeping it. Returns the number of bytes dropped.
+async fn skip_line(reader: &mut (impl AsyncBufRead + Unpin)) -> std::io::Result<u64> {
+    let mut skipped = 0u64;
+    loop {
+        let buffer = reader.fill_buf().await?;
+        if buffer.is_empty() {
+            return Ok(skipped);
+        }
+        let (used, done) = match buffer.iter().position(|&byte| byte == b'\n') {
+            Some(end) => (end + 1, true),
+            None => (buffer.len(), false),
+        };
+        reader.consume(used);
+        skipped += used as u64;
+        if done {
+            return Ok(skipped);
+        }
     }
 }
 
@@ -150,14 +180,8 @@ pub fn handle_line(hub: &Hub, line: &str) -> ControlResponse {
             ControlResponse::ok(id, json!({ "applied": count }))
         }
         ControlCommand::FreqUpsert { freq } => {
-            if !valid_name(&freq.name) {
-                return ControlResponse::error(
-                    id,
-                    format!(
-                        "invalid name for frequency {}: use 1 to 100 characters",
-                        freq.id
-                    ),
-                );
+            if let Err(error) = check_freq(&freq) {
+                return ControlResponse::error(id, error);
             }
             hub.configure(&freq);
             ControlResponse::ok(id, serde_json::Value::Null)
@@ -189,13 +213,27 @@ pub fn handle_line(hub: &Hub, line: &str) -> ControlResponse {
     }
 }
 
+/// Checks the settings of one frequency from the bot.
+fn check_freq(freq: &FreqConfig) -> Result<(), String> {
+    if !valid_name(&freq.name) {
+        return Err(format!(
+            "invalid name for frequency {}: use 1 to 100 characters",
+            freq.id
+        ));
+    }
+    if freq.min_rank > MAX_RANK {
+        return Err(format!(
+            "invalid min_rank {} for frequency {}: use 0 to {MAX_RANK}",
+            freq.min_rank, freq.id
+        ));
+    }
+    Ok(())
+}
+
 /// Replaces the bot-owned state, or changes nothing when any part is invalid.
 fn apply_sync(hub: &Hub, state: SyncState) -> Result<(), String> {
-    if let Some(bad) = state.freqs.iter().find(|f| !valid_name(&f.name)) {
-        return Err(format!(
-            "invalid name for frequency {}: use 1 to 100 characters; nothing was changed",
-            bad.id
-        ));
+    for freq in &state.freqs {
+        check_freq(freq).map_err(|error| format!("{error}; nothing was changed"))?;
     }
     hub.replace_settings(&state.freqs);
     hub.replace_grants(

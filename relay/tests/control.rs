@@ -5,6 +5,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{TestRelay, freq};
+use krt_shared::control::MAX_CONTROL_LINE;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpStream, UnixStream};
@@ -134,6 +135,64 @@ async fn bad_control_requests_change_nothing() {
 
     let reply = control.request(json!({"id": 9, "op": "stats"})).await;
     assert_eq!(reply["ok"], true, "connection survives bad requests");
+}
+
+#[tokio::test]
+async fn control_line_limit_counts_content_only() {
+    let relay = TestRelay::start().await;
+    let mut control = Control::connect(&relay).await;
+    // A request padded with spaces to exactly the limit, newline not counted.
+    let request = json!({"id": 11, "op": "stats"}).to_string();
+    let padded = request.clone() + &" ".repeat(MAX_CONTROL_LINE - request.len());
+    let reply = control.send_line(&padded).await;
+    assert_eq!(reply["id"], 11, "a line of exactly the limit is read");
+    assert_eq!(reply["ok"], true);
+
+    let oversized = padded + " ";
+    let reply = control.send_line(&oversized).await;
+    assert_eq!(reply["ok"], false);
+    let error = reply["error"].as_str().unwrap();
+    assert!(error.contains("longer than"), "{error}");
+}
+
+#[tokio::test]
+async fn oversized_control_line_is_skipped() {
+    let relay = TestRelay::start().await;
+    let mut control = Control::connect(&relay).await;
+    // Eight times the limit in one line: rejected once, and the next line
+    // on the same connection is answered.
+    let chunk = vec![b'x'; MAX_CONTROL_LINE];
+    for _ in 0..8 {
+        control.writer.write_all(&chunk).await.unwrap();
+    }
+    let reply = control.send_line("").await;
+    assert_eq!(reply["ok"], false);
+    assert!(reply["error"].as_str().unwrap().contains("longer than"));
+    let reply = control.request(json!({"id": 12, "op": "stats"})).await;
+    assert_eq!(reply["id"], 12);
+    assert_eq!(reply["ok"], true);
+}
+
+#[tokio::test]
+async fn min_rank_above_max_rejected() {
+    let relay = TestRelay::start().await;
+    let mut control = Control::connect(&relay).await;
+    let reply = control
+        .request(json!({"id": 13, "op": "freq_upsert", "freq": {"id": 1500, "name": "High", "min_rank": 200}}))
+        .await;
+    assert_eq!(reply["ok"], false);
+    let error = reply["error"].as_str().unwrap();
+    assert!(error.contains("min_rank 200"), "{error}");
+    let reply = control
+        .request(
+            json!({"id": 14, "op": "sync", "freqs": [{"id": 1501, "name": "High", "min_rank": 101}],
+            "assignments": [], "mutes": [], "revoked_users": [], "revoked_tokens": []}),
+        )
+        .await;
+    assert_eq!(reply["ok"], false);
+    assert!(reply["error"].as_str().unwrap().contains("min_rank 101"));
+    let (_, names) = http_get(&relay, "/freq/names").await;
+    assert_eq!(names, json!({}), "no frequency was configured");
 }
 
 #[tokio::test]

@@ -5,7 +5,7 @@
 //! `id` that its response repeats, and an `op` that selects the command:
 //!
 //! ```text
-//! {"id":1,"op":"kick","user_id":"3f…","reason":"spam"}
+//! {"id":1,"op":"revoke_user","user_id":"3f…","before":1733300000,"reason":"spam"}
 //! {"id":1,"ok":true,"data":{"closed_sessions":2}}
 //! ```
 //!
