@@ -467,7 +467,7 @@ async fn on_event(
             if let Some(member) = &new.member {
                 shared
                     .batcher
-                    .push(new.user_id.get(), Update::Member(member_info(member)));
+                    .push(new.user_id.get(), Update::Seen(member_info(member)));
             }
             shared.batcher.push(
                 new.user_id.get(),

@@ -46,6 +46,10 @@ pub enum Update {
     Voice(Option<u64>),
     /// The member's nickname or roles changed, or the member joined.
     Member(MemberInfo),
+    /// The member as a voice state's payload shows it. Unlike `Member`, it
+    /// does not undo a leave, because Discord sends such a voice state
+    /// while it removes a member from the guild.
+    Seen(MemberInfo),
     /// The member left the guild.
     Left,
 }
@@ -98,6 +102,8 @@ pub struct BatchStats {
 struct Pending {
     voice: Option<Option<u64>>,
     member: Option<MemberInfo>,
+    /// Set by an event that shows the member in the guild.
+    present: bool,
     left: bool,
 }
 
@@ -179,10 +185,17 @@ impl Batcher {
                 Update::Voice(channel) => pending.voice = Some(channel),
                 Update::Member(info) => {
                     pending.member = Some(info);
+                    pending.present = true;
                     pending.left = false;
+                }
+                Update::Seen(info) => {
+                    if !pending.left {
+                        pending.member = Some(info);
+                    }
                 }
                 Update::Left => {
                     pending.left = true;
+                    pending.present = false;
                     pending.member = None;
                     pending.voice = Some(None);
                 }
@@ -206,7 +219,10 @@ impl Batcher {
                 queue.users.entry(user).or_default().voice = Some(Some(channel));
             }
             for (user, info) in members {
-                queue.users.entry(user).or_default().member = Some(info);
+                let pending = queue.users.entry(user).or_default();
+                pending.member = Some(info);
+                pending.present = true;
+                pending.left = false;
             }
         }
         self.wake.notify_one();
@@ -306,8 +322,11 @@ impl Batcher {
         };
         for (&discord_id, pending) in users {
             let user = self.user_key.pseudonymize(discord_id);
+            // Gateway events arrive in order, so a pending leave stands unless
+            // a later join cleared it. The cache is no judge here: serenity
+            // adds a member back from a voice state's payload.
+            let left = pending.left;
             let current_member = live.and_then(|l| l.member(discord_id));
-            let left = pending.left && current_member.is_none();
             if let Some(payload_channel) = pending.voice {
                 let channel = if left {
                     None
@@ -326,7 +345,7 @@ impl Batcher {
                     user,
                     rank: access::member_rank(&info.roles, &directory.rank_roles),
                     display_name: info.display_name,
-                    in_guild: true,
+                    present: pending.present,
                 });
             }
         }

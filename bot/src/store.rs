@@ -216,7 +216,7 @@ pub async fn record_token(db: &DatabaseConnection, token: &IssuedToken<'_>) -> R
             user: token.user,
             display_name: token.display_name.to_owned(),
             rank: token.rank,
-            in_guild: true,
+            present: true,
         }],
     )
     .await?;
@@ -269,30 +269,47 @@ pub struct MemberRow {
     pub display_name: String,
     /// Rank from roles.
     pub rank: u8,
-    /// False once the member left the guild.
-    pub in_guild: bool,
+    /// True when the event shows the member in the guild now (a join, a
+    /// member update, a snapshot or a command), which also marks a member
+    /// who had left as back. False for the member payload of a voice state,
+    /// which Discord also sends while it removes a member: a stored
+    /// `in_guild` then stays as it is.
+    pub present: bool,
 }
 
-/// Inserts or updates member rows.
+/// Inserts or updates member rows. New rows are marked as in the guild.
 pub async fn upsert_members(db: &impl ConnectionTrait, rows: &[MemberRow]) -> Result<(), DbErr> {
+    let (present, seen): (Vec<&MemberRow>, Vec<&MemberRow>) = rows.iter().partition(|r| r.present);
+    upsert_member_rows(db, &present, true).await?;
+    upsert_member_rows(db, &seen, false).await
+}
+
+async fn upsert_member_rows(
+    db: &impl ConnectionTrait,
+    rows: &[&MemberRow],
+    mark_present: bool,
+) -> Result<(), DbErr> {
     let now = now_ms();
+    let mut columns = vec![
+        members::Column::DisplayName,
+        members::Column::Rank,
+        members::Column::UpdatedAtMs,
+    ];
+    if mark_present {
+        columns.push(members::Column::InGuild);
+    }
     for chunk in rows.chunks(INSERT_CHUNK) {
         let models = chunk.iter().map(|row| members::ActiveModel {
             user_id: Set(row.user.to_string()),
             display_name: Set(row.display_name.clone()),
             rank: Set(i16::from(row.rank)),
-            in_guild: Set(row.in_guild),
+            in_guild: Set(true),
             updated_at_ms: Set(now),
         });
         members::Entity::insert_many(models)
             .on_conflict(
                 OnConflict::column(members::Column::UserId)
-                    .update_columns([
-                        members::Column::DisplayName,
-                        members::Column::Rank,
-                        members::Column::InGuild,
-                        members::Column::UpdatedAtMs,
-                    ])
+                    .update_columns(columns.iter().copied())
                     .to_owned(),
             )
             .exec_without_returning(db)

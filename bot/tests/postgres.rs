@@ -45,7 +45,7 @@ async fn store_queries_on_postgres() {
         user,
         display_name: name.into(),
         rank: 2,
-        in_guild: true,
+        present: true,
     };
     store::upsert_members(&db, &[row(users[2], "old")])
         .await

@@ -189,6 +189,43 @@ async fn member_changes_and_leaving() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removal_then_voice_leave_keeps_member_gone() {
+    let harness = Harness::start().await;
+    let key = keyfile::load_user_id_key(harness.dir.path()).unwrap();
+    let user = key.pseudonymize(member().id).to_string();
+    let db = harness.db().clone();
+
+    harness.fake.voice_state(&member(), Some(ALPHA_VOICE));
+    eventually("join stored", STEP, async || {
+        stored_channels(&harness).await.get(&user) == Some(&Some(ALPHA_VOICE.to_string()))
+    })
+    .await;
+    // Discord removes the member and then ends its voice state, with the
+    // member in the voice state's payload.
+    harness.fake.member_left(&member());
+    harness.fake.voice_state(&member(), None);
+    eventually("leave stored", STEP, async || {
+        stored_channels(&harness).await.get(&user) == Some(&None)
+    })
+    .await;
+    let row = members::Entity::find_by_id(user.clone())
+        .one(&db)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        !row.in_guild,
+        "the voice state must not bring the member back"
+    );
+    let revocation = revocations::Entity::find().one(&db).await.unwrap();
+    assert_eq!(
+        revocation.and_then(|r| r.user_id).as_deref(),
+        Some(user.as_str()),
+        "the member's tokens are revoked"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_flushes_and_reconciles() {
     let mut spec = guild(Vec::new());
     spec.voice_states = vec![(officer().id, ALPHA_VOICE)];
