@@ -366,6 +366,14 @@ async fn bad_arguments_name_value() {
             "freq create",
             vec![
                 CommandOption::Int("id", 1200),
+                CommandOption::Str("name", "y".repeat(2100)),
+            ],
+            "invalid name of 2100 characters",
+        ),
+        (
+            "freq create",
+            vec![
+                CommandOption::Int("id", 1200),
                 CommandOption::Str("name", "Ok".into()),
                 CommandOption::Int("min_rank", 101),
             ],
@@ -384,6 +392,23 @@ async fn bad_arguments_name_value() {
             "freq edit",
             vec![CommandOption::Int("id", 1999)],
             "frequency 1999 not found",
+        ),
+        (
+            "freq create",
+            vec![
+                CommandOption::Int("id", 1200),
+                CommandOption::Str("name", "Ok".into()),
+                CommandOption::Role("role", GUILD, "@everyone".into()),
+            ],
+            "invalid role @everyone",
+        ),
+        (
+            "rank set",
+            vec![
+                CommandOption::Role("role", GUILD, "@everyone".into()),
+                CommandOption::Int("rank", 50),
+            ],
+            "invalid role @everyone",
         ),
         (
             "radio mute",

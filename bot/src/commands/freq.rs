@@ -38,12 +38,32 @@ pub async fn rank(_ctx: Context<'_>) -> Result<(), BotError> {
 fn name_arg(name: &str) -> Result<String, BotError> {
     let name = name.trim();
     let length = name.chars().count();
-    if length == 0 || length > MAX_NAME || name.chars().any(char::is_control) {
+    if length > MAX_NAME {
+        // Too long to quote in a reply.
+        return Err(BotError::Input(format!(
+            "invalid name of {length} characters: use 1 to {MAX_NAME} printable characters"
+        )));
+    }
+    if length == 0 || name.chars().any(char::is_control) {
         return Err(BotError::Input(format!(
             "invalid name '{name}': use 1 to {MAX_NAME} printable characters"
         )));
     }
     Ok(name.to_owned())
+}
+
+/// Rejects the @everyone role, whose id is the guild's. Discord lists it in
+/// no member's roles, so a rank or a requirement on it would never apply.
+fn role_arg(ctx: Context<'_>, role: &serenity::Role) -> Result<u64, BotError> {
+    if ctx
+        .guild_id()
+        .is_some_and(|guild| guild.get() == role.id.get())
+    {
+        return Err(BotError::Input(
+            "invalid role @everyone: Discord lists it in no member's roles, so it cannot carry a rank or limit a frequency; pick another role".into(),
+        ));
+    }
+    Ok(role.id.get())
 }
 
 fn rank_arg(option: &str, value: i64) -> Result<u8, BotError> {
@@ -140,6 +160,7 @@ pub async fn create(
     let name = name_arg(&name)?;
     let min_rank = rank_arg("min_rank", min_rank.unwrap_or(0))?;
     let channel = channel.as_ref().map(voice_channel_arg).transpose()?;
+    let role = role.as_ref().map(|r| role_arg(ctx, r)).transpose()?;
     let shared = ctx.data();
 
     let txn = shared.db.begin().await?;
@@ -161,7 +182,7 @@ pub async fn create(
         id: Set(i32::from(freq)),
         name: Set(name),
         channel_id: Set(channel.map(|c| c.to_string())),
-        role_id: Set(role.as_ref().map(|r| r.id.to_string())),
+        role_id: Set(role.map(|r| r.to_string())),
         min_rank: Set(i16::from(min_rank)),
         half_duplex: Set(half_duplex.unwrap_or(true)),
         created_at_ms: Set(now),
@@ -205,6 +226,7 @@ pub async fn edit(
     let name = name.as_deref().map(name_arg).transpose()?;
     let min_rank = min_rank.map(|r| rank_arg("min_rank", r)).transpose()?;
     let channel = channel.as_ref().map(voice_channel_arg).transpose()?;
+    let role = role.as_ref().map(|r| role_arg(ctx, r)).transpose()?;
     if channel.is_some() && unlink_channel == Some(true) {
         return Err(BotError::Input(
             "conflicting options: give either channel or unlink_channel, not both".into(),
@@ -239,8 +261,8 @@ pub async fn edit(
     if unlink_channel == Some(true) {
         active.channel_id = Set(None);
     }
-    if let Some(role) = &role {
-        active.role_id = Set(Some(role.id.to_string()));
+    if let Some(role) = role {
+        active.role_id = Set(Some(role.to_string()));
     }
     if clear_role == Some(true) {
         active.role_id = Set(None);
@@ -340,6 +362,7 @@ pub async fn set(
     #[description = "Rank, 0 to 100; 0 removes the role's rank"] rank: i64,
 ) -> Result<(), BotError> {
     let rank = rank_arg("rank", rank)?;
+    role_arg(ctx, &role)?;
     let shared = ctx.data();
 
     let txn = shared.db.begin().await?;

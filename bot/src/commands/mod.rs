@@ -205,7 +205,8 @@ pub async fn on_error(error: FrameworkError<'_>) {
 }
 
 async fn send_error_reply(ctx: Context<'_>, text: String) {
-    if let Err(error) = reply(ctx, text).await {
+    // An error may quote the user's input, which can be long.
+    if let Err(error) = reply(ctx, radio::shorten_message(text)).await {
         tracing::warn!(user = %ctx.author().id, %error, "failed to send error reply");
     }
 }
