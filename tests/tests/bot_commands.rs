@@ -394,6 +394,28 @@ async fn bad_arguments_name_value() {
             "frequency 1999 not found",
         ),
         (
+            "freq edit",
+            vec![CommandOption::Int("id", 1050)],
+            "nothing to change for frequency 1050",
+        ),
+        (
+            "freq edit",
+            vec![
+                CommandOption::Int("id", 2000),
+                CommandOption::Str("name", "HQ".into()),
+                CommandOption::Int("min_rank", 0),
+            ],
+            "from the name of its voice channel 'Command (2000) [3]': rename the channel",
+        ),
+        (
+            "freq edit",
+            vec![
+                CommandOption::Int("id", 1050),
+                CommandOption::Bool("unlink_channel", true),
+            ],
+            "remove (1050) from the channel's name to unlink it",
+        ),
+        (
             "freq create",
             vec![
                 CommandOption::Int("id", 1200),
@@ -456,6 +478,26 @@ async fn bad_arguments_name_value() {
             .unwrap()
             .is_none(),
         "rejected commands change nothing"
+    );
+    let command = frequencies::Entity::find_by_id(2000)
+        .one(harness.db())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(command.name, "Command", "a rejected edit keeps the name");
+    assert_eq!(
+        command.min_rank, 3,
+        "a rejected edit keeps the minimum rank"
+    );
+    let alpha = frequencies::Entity::find_by_id(1050)
+        .one(harness.db())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        alpha.channel_id,
+        Some(ALPHA_VOICE.to_string()),
+        "a rejected unlink keeps the link"
     );
 }
 

@@ -12,6 +12,7 @@ use sea_orm::{
 
 use super::radio::shorten_message;
 use super::{Context, freq_arg, moderator_check, reply};
+use crate::access;
 use crate::error::BotError;
 use crate::store;
 
@@ -206,6 +207,17 @@ pub async fn create(
     reply(ctx, format!("Created {}.", describe(&row))).await
 }
 
+/// The name of the voice channel `channel` when that name names `freq`, such
+/// as `Alpha (1050) [3]`. The bot then takes the frequency's name and minimum
+/// rank from the channel at every start and channel change, so an edit of
+/// them would not last.
+fn naming_channel(ctx: Context<'_>, channel: Option<u64>, freq: FreqId) -> Option<String> {
+    let channel = serenity::ChannelId::new(channel?);
+    let name = ctx.guild()?.channels.get(&channel)?.name.clone();
+    let link = access::parse_channel_name(&name)?;
+    (link.freq == freq).then_some(name)
+}
+
 /// Moderators: change a frequency's name, channel, role, minimum rank or duplex mode.
 #[poise::command(slash_command, guild_only, check = "moderator_check")]
 #[allow(clippy::too_many_arguments)]
@@ -237,6 +249,13 @@ pub async fn edit(
             "conflicting options: give either role or clear_role, not both".into(),
         ));
     }
+    let changes_name_rank_or_link =
+        name.is_some() || min_rank.is_some() || unlink_channel == Some(true);
+    let changes_nothing = !changes_name_rank_or_link
+        && channel.is_none()
+        && role.is_none()
+        && clear_role.is_none()
+        && half_duplex.is_none();
     let shared = ctx.data();
 
     let txn = shared.db.begin().await?;
@@ -249,7 +268,20 @@ pub async fn edit(
             "frequency {freq} not found: create it with /freq create"
         )));
     };
+    if changes_nothing {
+        txn.rollback().await?;
+        return Err(BotError::Input(format!(
+            "nothing to change for frequency {freq}: give at least one option"
+        )));
+    }
     let old_channel: Option<u64> = row.channel_id.as_deref().and_then(|c| c.parse().ok());
+    if changes_name_rank_or_link && let Some(channel_name) = naming_channel(ctx, old_channel, freq)
+    {
+        txn.rollback().await?;
+        return Err(BotError::Input(format!(
+            "frequency {freq} takes its name and minimum rank from the name of its voice channel '{channel_name}': rename the channel to change them, or remove ({freq}) from the channel's name to unlink it"
+        )));
+    }
     let mut active = row.into_active_model();
     if let Some(name) = name {
         active.name = Set(name);
