@@ -322,9 +322,10 @@ impl Batcher {
         };
         for (&discord_id, pending) in users {
             let user = self.user_key.pseudonymize(discord_id);
-            // Gateway events arrive in order, so a pending leave stands unless
-            // a later join cleared it. The cache is no judge here: serenity
-            // adds a member back from a voice state's payload.
+            // Gateway events arrive in order, so a pending leave stays in
+            // effect unless a later join cleared it. The cache cannot decide
+            // it, because serenity adds a member back from a voice state's
+            // payload.
             let left = pending.left;
             let current_member = live.and_then(|l| l.member(discord_id));
             if let Some(payload_channel) = pending.voice {

@@ -342,6 +342,44 @@ async fn freq_commands_change_table() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_with_too_many_ranges_explains() {
+    let harness = Harness::start().await;
+    // 150 rank-limited frequencies among open ones leave a rank-0 member
+    // about 150 ranges, more than a token in a message can carry.
+    let now = krt_bot::store::now_ms();
+    for id in (3000..4500).step_by(10) {
+        frequencies::ActiveModel {
+            id: Set(id),
+            name: Set(format!("Limited {id}")),
+            channel_id: Set(None),
+            role_id: Set(None),
+            min_rank: Set(5),
+            half_duplex: Set(true),
+            created_at_ms: Set(now),
+            updated_at_ms: Set(now),
+        }
+        .insert(harness.db())
+        .await
+        .unwrap();
+    }
+    let reply = harness.run(&member(), "radio connect", vec![]).await;
+    assert!(reply.ephemeral);
+    assert!(
+        reply.content.contains("too many for a token"),
+        "{}",
+        reply.content
+    );
+    assert_eq!(
+        krt_migrations::entities::tokens::Entity::find()
+            .count(harness.db())
+            .await
+            .unwrap(),
+        0,
+        "no token is recorded when none is delivered"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_arguments_name_value() {
     let harness = Harness::start().await;
     let mod_ = moderator();

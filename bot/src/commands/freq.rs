@@ -207,8 +207,8 @@ pub async fn create(
     reply(ctx, format!("Created {}.", describe(&row))).await
 }
 
-/// The name of the voice channel `channel` when that name names `freq`, such
-/// as `Alpha (1050) [3]`. The bot then takes the frequency's name and minimum
+/// Returns the name of the voice channel `channel` when that name names
+/// `freq`, such as `Alpha (1050) [3]`. The bot then takes the frequency's name and minimum
 /// rank from the channel at every start and channel change, so an edit of
 /// them would not last.
 fn naming_channel(ctx: Context<'_>, channel: Option<u64>, freq: FreqId) -> Option<String> {

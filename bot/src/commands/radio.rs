@@ -2,7 +2,7 @@
 
 use krt_shared::FreqSet;
 use krt_shared::control::{ControlCommand, StatusReply};
-use krt_shared::token::{Claims, new_token_id};
+use krt_shared::token::{Claims, MAX_TOKEN_LEN, new_token_id};
 
 use super::{Context, author_member, reply, role_ids};
 use crate::access;
@@ -76,6 +76,26 @@ pub async fn connect(ctx: Context<'_>) -> Result<(), BotError> {
         jti: new_token_id(),
     };
     let token = shared.signer.sign(&claims);
+    let text = format!(
+        "Your KRT-Com radio token. Keep it private: anyone with it can talk as you.\n\
+         ```\n{token}\n```\n\
+         Relay: `{relay}`\n\
+         Expires: <t:{expires_at}:f> ({expiry})\n\
+         Rank {rank}, frequencies: {list}",
+        relay = shared.config.relay_url,
+        expiry = format_utc(expires_at),
+        list = shorten(&freqs.to_string()),
+    );
+    // The token lists the frequencies as ranges, so every frequency closed
+    // to this member among open ones adds a range.
+    // TODO: send long tokens as an attachment, and raise the relay's limit.
+    if token.len() > MAX_TOKEN_LEN || text.chars().count() > MAX_MESSAGE_CHARS {
+        tracing::warn!(%user, bytes = token.len(), ranges = freqs.ranges().len(), "token too long to deliver");
+        return Err(BotError::Input(format!(
+            "your frequencies form {} ranges, too many for a token that fits in a Discord message: ask a moderator to give rank- and role-limited frequencies neighbouring numbers, so that they form fewer ranges",
+            freqs.ranges().len()
+        )));
+    }
     store::record_token(
         &shared.db,
         &IssuedToken {
@@ -89,17 +109,6 @@ pub async fn connect(ctx: Context<'_>) -> Result<(), BotError> {
     )
     .await?;
     tracing::info!(%user, rank, token_id = %claims.jti, "issued token");
-
-    let text = format!(
-        "Your KRT-Com radio token. Keep it private: anyone with it can talk as you.\n\
-         ```\n{token}\n```\n\
-         Relay: `{relay}`\n\
-         Expires: <t:{expires_at}:f> ({expiry})\n\
-         Rank {rank}, frequencies: {list}",
-        relay = shared.config.relay_url,
-        expiry = format_utc(expires_at),
-        list = shorten(&freqs.to_string()),
-    );
     reply(ctx, text).await
 }
 
@@ -199,13 +208,15 @@ pub fn shorten(text: &str) -> String {
     format!("{cut}, ...")
 }
 
+/// Discord's limit on the length of a message.
+const MAX_MESSAGE_CHARS: usize = 2000;
+
 /// Cuts a message to Discord's limit of 2000 characters.
 pub fn shorten_message(text: String) -> String {
-    const LIMIT: usize = 2000;
-    if text.chars().count() <= LIMIT {
+    if text.chars().count() <= MAX_MESSAGE_CHARS {
         return text;
     }
-    let mut cut: String = text.chars().take(LIMIT - 4).collect();
+    let mut cut: String = text.chars().take(MAX_MESSAGE_CHARS - 4).collect();
     cut.push_str("\n...");
     cut
 }
