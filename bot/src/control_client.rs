@@ -18,7 +18,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use krt_shared::control::{ControlCommand, ControlRequest, ControlResponse, SyncState};
+use krt_shared::control::{
+    ControlCommand, ControlRequest, ControlResponse, MAX_CONTROL_LINE, SyncState,
+};
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
@@ -246,7 +248,15 @@ async fn serve(
     let Some(state) = sync().await else {
         return Outcome::Lost("could not read the state to sync from the database".into());
     };
-    if let Err(error) = write_request(&mut write_half, sync_id, ControlCommand::Sync(state)).await {
+    let line = match encode_request(sync_id, ControlCommand::Sync(state)) {
+        Ok(line) => line,
+        Err(error) => {
+            // TODO: split a full sync that exceeds the line limit.
+            tracing::error!(%error, "full sync not sent");
+            return Outcome::Lost(error);
+        }
+    };
+    if let Err(error) = write_half.write_all(&line).await {
         return Outcome::Lost(error.to_string());
     }
     let mut sync_pending = true;
@@ -266,7 +276,15 @@ async fn serve(
                 };
                 let id = *next_id;
                 *next_id += 1;
-                if let Err(error) = write_request(&mut write_half, id, pending.command).await {
+                let line = match encode_request(id, pending.command) {
+                    Ok(line) => line,
+                    Err(error) => {
+                        tracing::error!(%error, "control request not sent");
+                        let _ = pending.reply.send(Err(ControlError::Rejected(error)));
+                        continue;
+                    }
+                };
+                if let Err(error) = write_half.write_all(&line).await {
                     let _ = pending.reply.send(Err(ControlError::Closed));
                     fail_all(&mut waiting, ControlError::Closed);
                     return Outcome::Lost(error.to_string());
@@ -292,6 +310,11 @@ async fn serve(
                         continue;
                     }
                 };
+                if response.id == 0 && !response.ok {
+                    // The relay could not read a request far enough to find its id.
+                    tracing::error!(error = ?response.error, "relay rejected an unreadable control request");
+                    continue;
+                }
                 if sync_pending && response.id == sync_id {
                     sync_pending = false;
                     if response.ok {
@@ -328,15 +351,20 @@ async fn serve(
     }
 }
 
-async fn write_request(
-    writer: &mut tokio::net::unix::OwnedWriteHalf,
-    id: u64,
-    command: ControlCommand,
-) -> std::io::Result<()> {
-    let mut line =
-        serde_json::to_vec(&ControlRequest { id, command }).map_err(std::io::Error::other)?;
+/// Serializes one request, or returns an error text when it is longer than
+/// the relay reads.
+fn encode_request(id: u64, command: ControlCommand) -> Result<Vec<u8>, String> {
+    let op = op_name(&command);
+    let mut line = serde_json::to_vec(&ControlRequest { id, command })
+        .map_err(|error| format!("control request {op} does not serialize: {error}"))?;
+    if line.len() > MAX_CONTROL_LINE {
+        return Err(format!(
+            "control request {op} of {} bytes is longer than the relay's limit of {MAX_CONTROL_LINE} bytes",
+            line.len()
+        ));
+    }
     line.push(b'\n');
-    writer.write_all(&line).await
+    Ok(line)
 }
 
 fn fail_all(waiting: &mut Waiting, error: ControlError) {
@@ -354,6 +382,21 @@ mod tests {
 
     fn empty_sync() -> SyncSource {
         Arc::new(|| Box::pin(async { Some(SyncState::default()) }))
+    }
+
+    #[test]
+    fn request_over_line_limit_not_encoded() {
+        let small = ControlCommand::Revoke {
+            token_ids: vec!["t".into()],
+        };
+        let line = encode_request(1, small).unwrap();
+        assert_eq!(line.last(), Some(&b'\n'));
+        let huge = ControlCommand::Revoke {
+            token_ids: vec!["x".repeat(MAX_CONTROL_LINE)],
+        };
+        let error = encode_request(2, huge).unwrap_err();
+        assert!(error.contains("revoke"), "{error}");
+        assert!(error.contains("longer than the relay's limit"), "{error}");
     }
 
     /// Accepts one connection, responds to every request with ok and echoes the

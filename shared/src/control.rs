@@ -18,8 +18,10 @@ use serde_json::Value;
 use crate::freq::{FreqId, FreqSet};
 use crate::user::UserId;
 
-/// Longest request line the relay reads, in bytes.
-pub const MAX_CONTROL_LINE: usize = 1 << 20;
+/// Longest request line the relay reads, in bytes, without its newline. A
+/// full sync takes about 69 bytes per voice-channel assignment, so this
+/// holds about 120,000 of them.
+pub const MAX_CONTROL_LINE: usize = 8 << 20;
 
 /// One request line.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
