@@ -123,8 +123,10 @@ impl Purged {
     }
 }
 
-/// Deletes transmissions and voice states older than `cutoff_ms` (Unix
-/// milliseconds), and revocations that no longer cover an unexpired token.
+/// Deletes transmissions older than `cutoff_ms` (Unix milliseconds), the
+/// voice states of users who left voice before it, and revocations that no
+/// longer cover an unexpired token. A user still in a channel keeps its row
+/// however old it is, because it carries the user's current grant.
 pub async fn purge_older_than(db: &DatabaseConnection, cutoff_ms: i64) -> Result<Purged, DbErr> {
     let transmissions = transmissions::Entity::delete_many()
         .filter(transmissions::Column::EndedAtMs.lt(cutoff_ms))
@@ -133,6 +135,7 @@ pub async fn purge_older_than(db: &DatabaseConnection, cutoff_ms: i64) -> Result
         .rows_affected;
     let voice_states = voice_states::Entity::delete_many()
         .filter(voice_states::Column::UpdatedAtMs.lt(cutoff_ms))
+        .filter(voice_states::Column::ChannelId.is_null())
         .exec(db)
         .await?
         .rows_affected;

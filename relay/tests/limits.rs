@@ -143,11 +143,32 @@ async fn purge_removes_only_old_rows() {
         .await
         .unwrap();
     }
+    // A user who has stayed in a channel for ten days keeps the row.
+    voice_states::ActiveModel {
+        user_id: Set("afk".into()),
+        channel_id: Set(Some("101".into())),
+        updated_at_ms: Set(now - 10 * day),
+    }
+    .insert(&db)
+    .await
+    .unwrap();
     let purged = krt_relay::db::purge_older_than(&db, now - 7 * day)
         .await
         .unwrap();
     assert_eq!(purged.transmissions, 1);
-    assert_eq!(purged.voice_states, 1);
+    assert_eq!(
+        purged.voice_states, 1,
+        "only the old row outside voice goes"
+    );
+    let kept: Vec<String> = voice_states::Entity::find()
+        .all(&db)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|row| row.user_id)
+        .collect();
+    assert!(kept.contains(&"afk".to_string()), "{kept:?}");
+    assert!(kept.contains(&"new".to_string()), "{kept:?}");
     assert_eq!(transmissions::Entity::find().count(&db).await.unwrap(), 1);
     let left = transmissions::Entity::find().all(&db).await.unwrap();
     assert_eq!(left[0].user_id, "new");
