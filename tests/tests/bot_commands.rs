@@ -412,6 +412,14 @@ async fn bad_arguments_name_value() {
             "freq create",
             vec![
                 CommandOption::Int("id", 1200),
+                CommandOption::Str("name", "\u{200B}\u{200B}".into()),
+            ],
+            "invalid name",
+        ),
+        (
+            "freq create",
+            vec![
+                CommandOption::Int("id", 1200),
                 CommandOption::Str("name", "Ok".into()),
                 CommandOption::Int("min_rank", 101),
             ],

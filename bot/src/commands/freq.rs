@@ -45,12 +45,18 @@ fn name_arg(name: &str) -> Result<String, BotError> {
             "invalid name of {length} characters: use 1 to {MAX_NAME} printable characters"
         )));
     }
-    if length == 0 || name.chars().any(char::is_control) {
+    if length == 0 || name.chars().any(char::is_control) || name.chars().all(is_invisible) {
         return Err(BotError::Input(format!(
             "invalid name '{name}': use 1 to {MAX_NAME} printable characters"
         )));
     }
     Ok(name.to_owned())
+}
+
+/// True for white space and for the zero-width and direction marks that
+/// render as nothing.
+fn is_invisible(c: char) -> bool {
+    c.is_whitespace() || matches!(c, '\u{200B}'..='\u{200F}' | '\u{2060}'..='\u{2064}' | '\u{FEFF}')
 }
 
 /// Rejects the @everyone role, whose id is the guild's. Discord lists it in
