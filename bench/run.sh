@@ -183,9 +183,9 @@ node_keys() {
     fi
 }
 
-# node_pair NAME [LOADGEN OPTIONS...]: the same load on krt-relay (report
-# NAME-krt) and on the Node.js relay (NAME-js). The order alternates from
-# call to call, so that neither relay always runs first.
+# node_pair NAME [LOADGEN OPTIONS...]: runs the same load on krt-relay
+# (report NAME-krt) and on the Node.js relay (report NAME-js). The order
+# alternates from call to call, so that neither relay always runs first.
 NODE_PAIRS=0
 node_pair() {
     local name=$1

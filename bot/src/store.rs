@@ -272,7 +272,7 @@ pub struct MemberRow {
     /// True when the event shows the member in the guild now (a join, a
     /// member update, a snapshot or a command), which also marks a member
     /// who had left as back. False for the member payload of a voice state,
-    /// which Discord also sends while it removes a member: a stored
+    /// which Discord also sends while it removes a member, so a stored
     /// `in_guild` then stays as it is.
     pub present: bool,
 }

@@ -159,8 +159,8 @@ async fn control_line_limit_counts_content_only() {
 async fn oversized_control_line_is_skipped() {
     let relay = TestRelay::start().await;
     let mut control = Control::connect(&relay).await;
-    // Three times the limit in one line: rejected once, and the next line
-    // on the same connection is answered.
+    // Three times the limit in one line gets one rejection, and the next
+    // line on the same connection gets a response.
     let chunk = vec![b'x'; MAX_CONTROL_LINE];
     for _ in 0..3 {
         control.writer.write_all(&chunk).await.unwrap();

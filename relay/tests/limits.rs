@@ -160,15 +160,21 @@ async fn purge_removes_only_old_rows() {
         purged.voice_states, 1,
         "only the old row outside voice goes"
     );
-    let kept: Vec<String> = voice_states::Entity::find()
+    let remaining_users: Vec<String> = voice_states::Entity::find()
         .all(&db)
         .await
         .unwrap()
         .into_iter()
         .map(|row| row.user_id)
         .collect();
-    assert!(kept.contains(&"afk".to_string()), "{kept:?}");
-    assert!(kept.contains(&"new".to_string()), "{kept:?}");
+    assert!(
+        remaining_users.contains(&"afk".to_string()),
+        "{remaining_users:?}"
+    );
+    assert!(
+        remaining_users.contains(&"new".to_string()),
+        "{remaining_users:?}"
+    );
     assert_eq!(transmissions::Entity::find().count(&db).await.unwrap(), 1);
     let left = transmissions::Entity::find().all(&db).await.unwrap();
     assert_eq!(left[0].user_id, "new");

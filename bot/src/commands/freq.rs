@@ -53,8 +53,8 @@ fn name_arg(name: &str) -> Result<String, BotError> {
     Ok(name.to_owned())
 }
 
-/// True for white space and for the zero-width and direction marks that
-/// render as nothing.
+/// Returns whether `c` is white space or a zero-width or direction mark,
+/// all of which render as nothing.
 fn is_invisible(c: char) -> bool {
     c.is_whitespace() || matches!(c, '\u{200B}'..='\u{200F}' | '\u{2060}'..='\u{2064}' | '\u{FEFF}')
 }
@@ -67,7 +67,7 @@ fn role_arg(ctx: Context<'_>, role: &serenity::Role) -> Result<u64, BotError> {
         .is_some_and(|guild| guild.get() == role.id.get())
     {
         return Err(BotError::Input(
-            "invalid role @everyone: Discord lists it in no member's roles, so it cannot carry a rank or limit a frequency; pick another role".into(),
+            "invalid role @everyone: Discord lists it in no member's roles, so it cannot carry a rank or limit a frequency. Pick another role.".into(),
         ));
     }
     Ok(role.id.get())
@@ -214,9 +214,9 @@ pub async fn create(
 }
 
 /// Returns the name of the voice channel `channel` when that name names
-/// `freq`, such as `Alpha (1050) [3]`. The bot then takes the frequency's name and minimum
-/// rank from the channel at every start and channel change, so an edit of
-/// them would not last.
+/// `freq`, such as `Alpha (1050) [3]`. The bot then takes the frequency's
+/// name and minimum rank from the channel at every start and channel
+/// change, so an edit of them would not last.
 fn naming_channel(ctx: Context<'_>, channel: Option<u64>, freq: FreqId) -> Option<String> {
     let channel = serenity::ChannelId::new(channel?);
     let name = ctx.guild()?.channels.get(&channel)?.name.clone();
